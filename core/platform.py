@@ -1,0 +1,59 @@
+"""The platform's services wired together: what the API, adapters and the runner share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from core.agents import AgentStore
+from core.bus import Bus
+from core.db import Database
+from core.environments import EnvironmentStore
+from core.fanout import Feeds
+from core.keys import KeyResolver
+from core.sessions import SessionStore
+
+
+@dataclass
+class Platform:
+    db: Database
+    bus: Bus
+    keys: KeyResolver
+    agents: AgentStore
+    environments: EnvironmentStore
+    sessions: SessionStore
+    feeds: Feeds
+    stream_ping_seconds: float = 15.0
+
+    @classmethod
+    def build(cls, database_url: str, *, bootstrap_key: str | None, stream_ping_seconds: float = 15.0) -> Platform:
+        db = Database(database_url)
+        bus = Bus()
+        agents = AgentStore(db)
+        environments = EnvironmentStore(db)
+        return cls(
+            db=db,
+            bus=bus,
+            keys=KeyResolver(db, bootstrap_key),
+            agents=agents,
+            environments=environments,
+            sessions=SessionStore(db, bus, agents, environments),
+            feeds=Feeds(db, bus),
+            stream_ping_seconds=stream_ping_seconds,
+        )
+
+    async def start(self) -> None:
+        if not self.db.sqlite:
+            await self.bus.listen_postgres(postgres_dsn(self.db.url))
+
+    async def close(self) -> None:
+        await self.bus.close()
+        await self.db.close()
+
+
+def postgres_dsn(url: str) -> str:
+    return "postgresql://" + url.split("://", 1)[1]
+
+
+PLATFORM: web.AppKey[Platform] = web.AppKey("platform", Platform)
