@@ -12,6 +12,7 @@ from aiohttp import web
 
 from core import schemas
 from core.api.http import (
+    REQUEST_ID,
     json_response,
     page_body,
     parse_body,
@@ -125,7 +126,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             "content-type": "text/event-stream",
             "cache-control": "no-cache",
             "x-accel-buffering": "no",
-            "request-id": request["request_id"],
+            "request-id": request[REQUEST_ID],
         }
     )
     await response.prepare(request)

@@ -30,7 +30,8 @@ log = logging.getLogger("oma.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 
-REQUEST_ID = web.AppKey("request_id_header", str)
+REQUEST_ID = web.RequestKey("request_id", str)
+TENANT = web.RequestKey("tenant_id", str)
 KEYS: web.AppKey[KeyResolver] = web.AppKey("keys", KeyResolver)
 PUBLIC_PATHS = frozenset({"/", "/health", "/healthz"})
 
@@ -49,7 +50,7 @@ def error_response(err: APIError, request_id: str) -> web.Response:
 
 
 def tenant(request: web.Request) -> str:
-    return str(request["tenant_id"])
+    return request[TENANT]
 
 
 def _presented_key(request: web.Request) -> str | None:
@@ -65,7 +66,7 @@ def _presented_key(request: web.Request) -> str | None:
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = new_request_id()
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     try:
         if request.path not in PUBLIC_PATHS:
             key = _presented_key(request)
@@ -76,14 +77,16 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             tenant_id = await request.app[KEYS].tenant_for(key)
             if tenant_id is None:
                 raise AuthenticationFailed("invalid API key")
-            request["tenant_id"] = tenant_id
+            request[TENANT] = tenant_id
         response = await handler(request)
     except APIError as err:
         return error_response(err, request_id)
     except web.HTTPRequestEntityTooLarge:
         return error_response(PayloadTooLarge("request body is too large"), request_id)
     except web.HTTPNotFound:
-        return error_response(NotFound(f"no route for {request.method} {request.path}"), request_id)
+        return error_response(
+            NotFound(f"no route for {request.method} {request.path}: this server does not implement it"), request_id
+        )
     except web.HTTPMethodNotAllowed:
         return error_response(MethodNotAllowed(f"method {request.method} is not allowed on {request.path}"), request_id)
     except web.HTTPException:

@@ -1,0 +1,129 @@
+"""Test infrastructure: a real server on an ephemeral port in its own thread and event loop, and
+throw-away databases (a SQLite file, or a fresh PostgreSQL database per run)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from bot.app import create_app
+from bot.config import Settings
+from core.migrate import upgrade
+from core.platform import PLATFORM, Platform
+
+T = TypeVar("T")
+
+POSTGRES_ENV = "OMA_TEST_DATABASE_URL"
+
+
+def postgres_admin_url() -> str | None:
+    return os.environ.get(POSTGRES_ENV) or None
+
+
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """Create an empty database on the server named by OMA_TEST_DATABASE_URL; drop it afterwards."""
+    import asyncpg
+
+    admin = postgres_admin_url()
+    assert admin is not None
+    dsn = Settings(database_url=admin).database_url.replace("postgresql+asyncpg://", "postgresql://")
+    name = "oma_test_" + secrets.token_hex(6)
+
+    async def admin_sql(sql: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
+    base, _, _ = dsn.rpartition("/")
+    try:
+        yield f"postgresql+asyncpg://{base.split('://', 1)[1]}/{name}"
+    finally:
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.contextmanager
+def database_url(backend: str, tmp_dir: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_dir / 'oma.db'}"
+    else:
+        with fresh_postgres_database() as url:
+            yield url
+
+
+class ServerThread:
+    """`oma serve` in a background thread: the tests talk to it over real HTTP."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.url = ""
+        self._ready: Future[str] = Future()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="oma-test-server", daemon=True)
+        self.app: web.Application | None = None
+
+    def start(self) -> ServerThread:
+        upgrade(self.settings.database_url)
+        self._thread.start()
+        self.url = self._ready.result(timeout=30)
+        return self
+
+    @property
+    def platform(self) -> Platform:
+        assert self.app is not None
+        return self.app[PLATFORM]
+
+    def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run a coroutine on the server's loop (e.g. to mint a tenant key) and wait for it."""
+        return asyncio.run_coroutine_threadsafe(_await(fn), self.loop).result(timeout=30)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._serve())
+        self.loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            self.app = create_app(self.settings)
+            runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            server = site._server
+            assert server is not None
+            port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        except BaseException as exc:
+            self._ready.set_exception(exc)
+            raise
+        self._ready.set_result(f"http://127.0.0.1:{port}")
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def stop(self) -> None:
+        if self._stop is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout=30)
+
+
+async def _await(fn: Callable[[], Awaitable[T]]) -> T:
+    return await fn()
+
+
+def make_settings(url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"database_url": url, "stream_ping_seconds": 0.5, "api_key": None}
+    values.update(overrides)
+    return Settings(**values)
