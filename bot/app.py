@@ -6,13 +6,18 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
 from core.api import events, resources
 from core.api.http import KEYS, api_middleware, json_response
+from core.harness.turn import HarnessSettings
 from core.keys import DEFAULT_TENANT, count_keys, create_key, ensure_tenant
 from core.platform import PLATFORM, Platform
+from core.providers import Endpoint, ProviderConfig, Providers
+from core.runtime import Runner, RunnerSettings
+from core.runtime.sandboxes import SandboxPool
 
 log = logging.getLogger("oma")
 
@@ -23,6 +28,39 @@ async def health(_request: web.Request) -> web.Response:
 
 async def root(_request: web.Request) -> web.Response:
     return json_response({"name": "open-managed-agents", "api": "/v1"})
+
+
+def _secret(value: object) -> str | None:
+    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
+
+
+def provider_config(settings: Settings) -> ProviderConfig:
+    return ProviderConfig(
+        anthropic=Endpoint(settings.anthropic_base_url, _secret(settings.anthropic_api_key)),
+        openai=Endpoint(settings.openai_base_url, _secret(settings.openai_api_key)),
+        openrouter=Endpoint(settings.openrouter_base_url, _secret(settings.openrouter_api_key)),
+        compatible={
+            name: Endpoint(endpoint.base_url, _secret(endpoint.api_key))
+            for name, endpoint in settings.openai_compatible.items()
+        },
+    )
+
+
+def build_runner(settings: Settings, platform: Platform, http: aiohttp.ClientSession) -> Runner:
+    return Runner(
+        db=platform.db,
+        bus=platform.bus,
+        providers=Providers(provider_config(settings)),
+        sandboxes=SandboxPool(platform.db, runtime=settings.sandbox_runtime, root=settings.data_dir / "sandboxes"),
+        harness_settings=HarnessSettings(
+            max_retries=settings.model_max_retries,
+            retry_base_seconds=settings.model_retry_base_seconds,
+            tool_timeout_seconds=settings.tool_timeout_seconds,
+            compact_at_tokens=settings.compact_at_tokens,
+        ),
+        settings=RunnerSettings(concurrency=settings.runner_concurrency, lease_seconds=settings.lease_seconds),
+        http=http,
+    )
 
 
 def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.Application:
@@ -52,8 +90,22 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
             )
             sys.stdout.flush()
         await platform.start()
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        runner = None
+        if settings.runner_enabled:
+            runner = platform.runner = build_runner(settings, platform, http)
+            await runner.start()
         yield
+        if runner is not None:
+            await runner.stop()
+            await runner.sandboxes.close()
+            await runner.providers.close()
+        await http.close()
         await platform.close()
 
+    async def on_shutdown(_app: web.Application) -> None:
+        platform.begin_shutdown()
+
+    app.on_shutdown.append(on_shutdown)
     app.cleanup_ctx.append(lifecycle)
     return app

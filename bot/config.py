@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -12,8 +12,17 @@ def default_database_url() -> str:
     return f"sqlite+aiosqlite:///{Path.cwd() / 'oma.db'}"
 
 
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class CompatibleEndpoint(BaseModel):
+    base_url: str
+    api_key: SecretStr | None = None
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OMA_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="OMA_", env_file=".env", extra="ignore", populate_by_name=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8787, ge=0, le=65535)
@@ -25,6 +34,42 @@ class Settings(BaseSettings):
     stream_ping_seconds: float = Field(default=15.0, gt=0, le=60)
     # Largest request body accepted (base64 images and documents travel inline).
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+    # Where sandboxes keep their workspaces (local runtimes) and other local state.
+    data_dir: Path = Field(default_factory=lambda: Path.cwd() / ".oma")
+
+    # --- model providers (bring your own key; the usual variable names are honoured) ---
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("ANTHROPIC_API_KEY", "OMA_ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str | None = Field(
+        default=None, validation_alias=_env("ANTHROPIC_BASE_URL", "OMA_ANTHROPIC_BASE_URL")
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("OPENAI_API_KEY", "OMA_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(default=None, validation_alias=_env("OPENAI_BASE_URL", "OMA_OPENAI_BASE_URL"))
+    openrouter_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("OPENROUTER_API_KEY", "OMA_OPENROUTER_API_KEY")
+    )
+    openrouter_base_url: str = Field(
+        default="https://openrouter.ai/api/v1", validation_alias=_env("OPENROUTER_BASE_URL", "OMA_OPENROUTER_BASE_URL")
+    )
+    # More OpenAI-compatible gateways, as JSON: {"vllm": {"base_url": "http://gpu:8000/v1", "api_key": "x"}}.
+    # The agent's model then reads "vllm/<model>".
+    openai_compatible: dict[str, CompatibleEndpoint] = Field(default_factory=dict)
+
+    # --- the runner (sessions' work) ---
+    runner_enabled: bool = True
+    runner_concurrency: int = Field(default=64, ge=1, le=10_000)
+    lease_seconds: float = Field(default=30.0, gt=1)
+    model_max_retries: int = Field(default=4, ge=0, le=20)
+    model_retry_base_seconds: float = Field(default=1.0, ge=0)
+    tool_timeout_seconds: float = Field(default=120.0, gt=0)
+    compact_at_tokens: int = Field(default=150_000, ge=1000)
+    sandbox_runtime: str = Field(
+        default="local-subprocess", validation_alias=_env("SANDBOX_RUNTIME", "OMA_SANDBOX_RUNTIME")
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
 
 log = logging.getLogger(__name__)
 
@@ -19,37 +18,72 @@ WORK = "*"  # the channel runners wait on: any session got new input
 
 class Bus:
     def __init__(self) -> None:
-        self._waiters: dict[str, asyncio.Event] = {}
-        self._generation: defaultdict[str, int] = defaultdict(int)
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._generation: dict[str, int] = {}
         self._deleted: set[str] = set()
         self._listener: PgListener | None = None
-
-    def subscribe(self, key: str) -> asyncio.Event:
-        """Take the event to wait on *before* reading the log, so no notify falls in between."""
-        event = self._waiters.get(key)
-        if event is None:
-            event = self._waiters[key] = asyncio.Event()
-        return event
+        self._deltas: dict[str, set[asyncio.Queue[dict[str, object]]]] = {}
 
     def generation(self, key: str) -> int:
-        return self._generation[key]
+        """Read this *before* reading the log, then `wait(key, seen)`: no notify falls in between."""
+        return self._generation.get(key, 0)
+
+    async def wait(self, key: str, seen: int, seconds: float | None) -> bool:
+        """Wait until `key` is notified after generation `seen`; False on timeout."""
+        if self._generation.get(key, 0) != seen:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(key, set())
+        waiters.add(future)
+        try:
+            await asyncio.wait_for(future, seconds)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters.discard(future)
+            if not waiters and self._waiters.get(key) is waiters:
+                del self._waiters[key]
 
     def notify(self, key: str, *, deleted: bool = False) -> None:
-        self._generation[key] += 1
+        self._generation[key] = self._generation.get(key, 0) + 1
         if deleted:
             self._deleted.add(key)
-        event = self._waiters.pop(key, None)
-        if event is not None:
-            event.set()
+        for future in self._waiters.get(key, ()):
+            if not future.done():
+                future.set_result(None)
 
     def is_deleted(self, key: str) -> bool:
         return key in self._deleted
 
     def forget(self, key: str) -> None:
-        """Drop bookkeeping for a session nobody in this process follows any more."""
-        if key not in self._waiters:
+        """Drop bookkeeping for a key nobody in this process waits on any more."""
+        if key not in self._waiters and key not in self._deltas:
             self._generation.pop(key, None)
             self._deleted.discard(key)
+
+    def waiting_keys(self) -> list[str]:
+        return list(self._waiters)
+
+    # Stream-only previews (event_start / event_delta): best effort, in this process only, never
+    # persisted. A slow reader loses previews, never log events.
+
+    def subscribe_deltas(self, key: str) -> asyncio.Queue[dict[str, object]]:
+        queue: asyncio.Queue[dict[str, object]] = asyncio.Queue(maxsize=1000)
+        self._deltas.setdefault(key, set()).add(queue)
+        return queue
+
+    def unsubscribe_deltas(self, key: str, queue: asyncio.Queue[dict[str, object]]) -> None:
+        queues = self._deltas.get(key)
+        if queues is not None:
+            queues.discard(queue)
+            if not queues:
+                del self._deltas[key]
+
+    def publish_delta(self, key: str, frame: dict[str, object]) -> None:
+        for queue in self._deltas.get(key, ()):
+            if not queue.full():
+                queue.put_nowait(frame)
 
     async def listen_postgres(self, dsn: str) -> None:
         self._listener = PgListener(dsn, self)
@@ -113,7 +147,7 @@ class PgListener:
                     with contextlib.suppress(Exception):
                         await conn.close()
             # Whatever we missed while disconnected: wake everyone so they re-read the log.
-            for key in list(self._bus._waiters):
+            for key in self._bus.waiting_keys():
                 self._bus.notify(key)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)

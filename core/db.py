@@ -24,14 +24,16 @@ from sqlalchemy import (
     Table,
     Text,
     event,
+    text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 metadata = MetaData()
 
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+# Plain JSON on PostgreSQL too: we never query inside documents, and JSONB rejects "\u0000",
+# which tool output can contain.
+JSONType = JSON()
 
 tenants = Table(
     "tenants",
@@ -116,8 +118,12 @@ sessions = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Column("archived_at", BigInteger),
+    # The runner that owns the session, until when (renewed by its heartbeat).
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", BigInteger),
     Index("ix_sessions_tenant_created", "tenant_id", "created_at", "id"),
     Index("ix_sessions_tenant_agent", "tenant_id", "agent_id"),
+    Index("ix_sessions_status", "status"),
 )
 
 # Secrets given with a session (repository tokens) live apart from the session row so that no
@@ -141,6 +147,13 @@ session_events = Table(
     # Null while a user event is queued; set when the runner consumes it.
     Column("processed_at", BigInteger),
     Column("created_at", BigInteger, nullable=False),
+    # Runners look for queued user events; this index holds only those.
+    Index(
+        "ix_session_events_queued",
+        "session_id",
+        sqlite_where=text("processed_at IS NULL"),
+        postgresql_where=text("processed_at IS NULL"),
+    ),
 )
 
 

@@ -19,6 +19,10 @@ from core.errors import NotFound
 from core.ids import new_id, now_us, us_to_rfc3339
 
 
+class LeaseLost(Exception):
+    """Another runner owns the session now; this one must stop working on it."""
+
+
 @dataclass(slots=True)
 class NewEvent:
     type: str
@@ -40,7 +44,9 @@ class StoredEvent:
 
     def render(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "type": self.type}
-        body.update(self.payload)
+        # Keys starting with "_" are the harness's private bookkeeping (what a model request
+        # consumed, thinking signatures, compaction summaries): kept in the log, never rendered.
+        body.update((k, v) for k, v in self.payload.items() if not k.startswith("_"))
         body["processed_at"] = us_to_rfc3339(self.processed_at)
         return body
 
@@ -75,19 +81,26 @@ async def append(
     *,
     status: str | None = None,
     postgres: bool = False,
+    lease_owner: str | None = None,
 ) -> list[StoredEvent]:
-    """Append events (and optionally the session status they imply) in the caller's transaction."""
+    """Append events (and optionally the session status they imply) in the caller's transaction.
+
+    With `lease_owner`, the append only happens while that runner still holds the session's lease
+    (a fencing token): a runner that lost its lease raises LeaseLost instead of writing."""
     if not events:
         return []
     now = now_us()
     values: dict[str, Any] = {"last_seq": sessions.c.last_seq + len(events), "updated_at": now}
     if status is not None:
         values["status"] = status
-    result = await conn.execute(
-        update(sessions).where(sessions.c.id == session_id).values(**values).returning(sessions.c.last_seq)
-    )
+    query = update(sessions).where(sessions.c.id == session_id)
+    if lease_owner is not None:
+        query = query.where(sessions.c.lease_owner == lease_owner)
+    result = await conn.execute(query.values(**values).returning(sessions.c.last_seq))
     last = result.scalar_one_or_none()
     if last is None:
+        if lease_owner is not None:
+            raise LeaseLost(f"runner {lease_owner} no longer holds the lease of session {session_id}")
         raise NotFound(f"session {session_id} not found")
     first = last - len(events) + 1
     stored = [

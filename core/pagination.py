@@ -45,6 +45,21 @@ class Cursor:
         return cls(direction, order, key)
 
 
+INT64 = 2**63
+
+
+def _check_key_types(key: tuple[Any, ...], columns: Sequence[ColumnElement[Any]]) -> None:
+    # A token that decodes but was not made by us must not reach SQL with the wrong types.
+    for value, column in zip(key, columns, strict=True):
+        expected = column.type.python_type
+        if expected is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and -INT64 <= value < INT64
+        else:
+            ok = isinstance(value, expected)
+        if not ok:
+            raise InvalidRequest("page: not a page token returned by this API")
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     rows: list[Any]
@@ -63,6 +78,8 @@ async def keyset_page(
 ) -> Page:
     """Run `query` one page at a time, ordered by `key_columns` (which must be unique together)."""
     cursor = Cursor.decode(page, len(key_columns)) if page else None
+    if cursor is not None:
+        _check_key_types(cursor.key, key_columns)
     if cursor is not None:
         order = cursor.order
     backwards = cursor is not None and cursor.direction == "prev"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -25,6 +26,15 @@ class Platform:
     sessions: SessionStore
     feeds: Feeds
     stream_ping_seconds: float = 15.0
+    # The in-process runner, when this process runs sessions (see bot/app.py).
+    runner: Any = None
+    # Set on shutdown: open streams end at once instead of at their next heartbeat.
+    closing: bool = False
+
+    def begin_shutdown(self) -> None:
+        self.closing = True
+        for key in self.bus.waiting_keys():
+            self.bus.notify(key)
 
     @classmethod
     def build(cls, database_url: str, *, bootstrap_key: str | None, stream_ping_seconds: float = 15.0) -> Platform:

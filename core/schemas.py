@@ -9,7 +9,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
@@ -171,7 +180,27 @@ class ModelConfig(Strict):
     speed: Literal["standard", "fast"] | None = None
 
 
-ModelParam = Annotated[str, StringConstraints(min_length=1, max_length=256)] | ModelConfig
+def _by_kind(value: Any) -> str | None:
+    """Callable discriminator for "a string id or an object" fields: errors then come from the
+    one branch the input chose, not from every branch of the union."""
+    if isinstance(value, str):
+        return "~id"
+    if isinstance(value, dict):
+        return "~" + str(value.get("type", "object"))
+    if isinstance(value, BaseModel):
+        return "~" + str(getattr(value, "type", "object"))
+    return None
+
+
+ModelParam = Annotated[
+    Annotated[Annotated[str, StringConstraints(min_length=1, max_length=256)], Tag("~id")]
+    | Annotated[ModelConfig, Tag("~object")],
+    Discriminator(
+        lambda v: "~id" if isinstance(v, str) else ("~object" if isinstance(v, dict | BaseModel) else None),
+        custom_error_type="invalid_union",
+        custom_error_message="must be a model id string or an object {id, effort?, speed?, inference_geo?}",
+    ),
+]
 
 
 def check_tools(tools: list[Any] | None, mcp_servers: list[MCPServer] | None) -> None:
@@ -242,7 +271,7 @@ class AgentUpdate(Strict):
     skills: list[Skill] | None = None
     system: System | None = None
     tools: list[Tool] | None = None
-    version: Annotated[int, Field(ge=1)] | None = None
+    version: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> AgentUpdate:
@@ -482,13 +511,13 @@ class SendEvents(Strict):
 class AgentRef(Strict):
     type: Literal["agent"]
     id: Id
-    version: Annotated[int, Field(ge=1)] | None = None
+    version: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
 
 
 class AgentWithOverrides(Strict):
     type: Literal["agent_with_overrides"]
     id: Id
-    version: Annotated[int, Field(ge=1)] | None = None
+    version: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
     model: ModelParam | None = None
     system: System | None = None
     tools: list[Tool] | None = None
@@ -544,7 +573,17 @@ class BudgetLimit(Strict):
 
 
 class SessionCreate(Strict):
-    agent: Id | AgentRef | AgentWithOverrides
+    agent: Annotated[
+        Annotated[Id, Tag("~id")]
+        | Annotated[AgentRef, Tag("~agent")]
+        | Annotated[AgentWithOverrides, Tag("~agent_with_overrides")],
+        Discriminator(
+            _by_kind,
+            custom_error_type="invalid_union",
+            custom_error_message="must be an agent id string or an object "
+            "{type: 'agent' | 'agent_with_overrides', id, version?}",
+        ),
+    ]
     environment_id: Id
     budget: BudgetLimit | None = None
     initial_events: Annotated[list[InitialEvent], Field(max_length=MAX_INITIAL_EVENTS)] = Field(default_factory=list)

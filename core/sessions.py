@@ -153,10 +153,13 @@ class SessionStore:
         self.agents = agents
         self.environments = environments
 
-    async def _row(self, conn: AsyncConnection, tenant_id: str, session_id: str) -> Any:
-        row = (
-            await conn.execute(select(sessions).where(sessions.c.id == session_id, sessions.c.tenant_id == tenant_id))
-        ).first()
+    async def _row(self, conn: AsyncConnection, tenant_id: str, session_id: str, *, lock: bool = False) -> Any:
+        """The session row; with `lock`, held until the transaction ends (on PostgreSQL) so that
+        a status change committing meanwhile cannot slip past the caller's checks."""
+        query = select(sessions).where(sessions.c.id == session_id, sessions.c.tenant_id == tenant_id)
+        if lock:
+            query = query.with_for_update()
+        row = (await conn.execute(query)).first()
         if row is None:
             raise NotFound(f"session {session_id} not found", error_code="session_not_found")
         return row
@@ -229,7 +232,7 @@ class SessionStore:
         if "vault_ids" in fields:
             raise InvalidRequest("vault_ids: changing a session's vaults is not supported; create a new session")
         async with self.db.write() as conn:
-            row = await self._row(conn, tenant_id, session_id)
+            row = await self._row(conn, tenant_id, session_id, lock=True)
             self._check_writable(row)
             values: dict[str, Any] = {}
             changed: dict[str, Any] = {}
@@ -280,7 +283,7 @@ class SessionStore:
 
     async def archive(self, tenant_id: str, session_id: str) -> dict[str, Any]:
         async with self.db.write() as conn:
-            row = await self._row(conn, tenant_id, session_id)
+            row = await self._row(conn, tenant_id, session_id, lock=True)
             if row.archived_at is None:
                 if row.status in (SessionStatus.RUNNING, SessionStatus.RESCHEDULING):
                     raise Conflict(
@@ -293,7 +296,7 @@ class SessionStore:
 
     async def delete(self, tenant_id: str, session_id: str) -> dict[str, Any]:
         async with self.db.write() as conn:
-            await self._row(conn, tenant_id, session_id)
+            await self._row(conn, tenant_id, session_id, lock=True)
             await log.delete_all(conn, session_id)
             await conn.execute(sessions.delete().where(sessions.c.id == session_id))
             if not self.db.sqlite:
@@ -356,7 +359,7 @@ class SessionStore:
         result_ids = [e.tool_use_id for e in events if isinstance(e, schemas.UserToolResult)]
         custom_ids = [e.custom_tool_use_id for e in events if isinstance(e, schemas.UserCustomToolResult)]
         async with self.db.write() as conn:
-            row = await self._row(conn, tenant_id, session_id)
+            row = await self._row(conn, tenant_id, session_id, lock=True)
             self._check_writable(row)
             await self._check_refs(
                 conn, session_id, confirm_ids, ("agent.tool_use", "agent.mcp_tool_use"), "tool_use_id"

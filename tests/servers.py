@@ -123,7 +123,31 @@ async def _await(fn: Callable[[], Awaitable[T]]) -> T:
     return await fn()
 
 
+class LoopThread:
+    """An asyncio loop in a background thread, for async services the sync tests drive
+    (e.g. the fake model server): `call` runs a coroutine there, `run` a plain function."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        return asyncio.run_coroutine_threadsafe(_await(fn), self.loop).result(timeout=60)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        async def wrapper() -> T:
+            return fn()
+
+        return self.call(wrapper)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=30)
+        self.loop.close()
+
+
 def make_settings(url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"database_url": url, "stream_ping_seconds": 0.5, "api_key": None}
+    values: dict[str, Any] = {"database_url": url, "stream_ping_seconds": 0.5, "api_key": None, "runner_enabled": False}
     values.update(overrides)
     return Settings(**values)

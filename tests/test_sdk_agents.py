@@ -31,7 +31,7 @@ TOOLS = [
 
 def create_agent(client: anthropic.Anthropic, **overrides: object) -> BetaManagedAgentsAgent:
     params: dict[str, object] = {
-        "model": "claude-sonnet-4-5",
+        "model": "claude-sonnet-5",
         "name": "helper",
         "system": "You help.",
         "tools": TOOLS,
@@ -49,7 +49,7 @@ def test_agent_create_resolves_defaults(client: anthropic.Anthropic) -> None:
     agent = create_agent(client)
     assert agent.id.startswith("agent_")
     assert agent.version == 1
-    assert agent.model.id == "claude-sonnet-4-5"
+    assert agent.model.id == "claude-sonnet-5"
     assert agent.execution_identity.type == "service_account"
     toolset = agent.tools[0]
     assert toolset.type == "agent_toolset_20260401"

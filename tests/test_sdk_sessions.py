@@ -28,7 +28,7 @@ BETA = {"anthropic-beta": "managed-agents-2026-04-01"}
 @pytest.fixture
 def agent_id(client: anthropic.Anthropic) -> str:
     return client.beta.agents.create(
-        model="claude-sonnet-4-5",
+        model="claude-sonnet-5",
         name="helper",
         system="You help.",
         tools=[

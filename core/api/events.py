@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -97,6 +98,42 @@ def event_frame(event: StoredEvent) -> bytes:
 PING = sse_frame("ping", {"type": "ping"})
 
 
+async def _wait_either(
+    woken: Coroutine[Any, Any, bool], previews: asyncio.Queue[dict[str, Any]]
+) -> tuple[bool, list[dict[str, Any]]]:
+    """Wait for a log wake-up (or its timeout) or a preview frame; return (woken, previews)."""
+    got: list[dict[str, Any]] = []
+    waiter = asyncio.ensure_future(woken)
+    if previews.empty():
+        getter = asyncio.ensure_future(previews.get())
+        await asyncio.wait({waiter, getter}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            got.append(getter.result())
+        else:
+            getter.cancel()
+    woke = waiter.done() and waiter.result()
+    if not waiter.done():
+        waiter.cancel()
+        woke = False
+        await asyncio.gather(waiter, return_exceptions=True)
+    while not previews.empty():
+        got.append(previews.get_nowait())
+    return woke or bool(got), got
+
+
+def _preview_frames(frames: list[dict[str, Any]], wanted: set[str], ids: set[str]) -> list[bytes]:
+    out = []
+    for frame in frames:
+        if frame["type"] == "event_start":
+            event = frame["event"]
+            if event["type"] in wanted:
+                ids.add(event["id"])
+                out.append(sse_frame("event_start", frame))
+        elif frame["type"] == "event_delta" and frame["event_id"] in ids:
+            out.append(sse_frame("event_delta", frame))
+    return out
+
+
 def _resume_point(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID") or request.query.get("after")
     if raw is None or raw == "":
@@ -132,10 +169,13 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     bus, feeds = platform.bus, platform.feeds
     feeds.follow(session_id, start)
+    previews = bus.subscribe_deltas(session_id) if deltas else None
+    wanted = set(deltas)
+    preview_ids: set[str] = set()
     refresh = False
     try:
-        while True:
-            wake = bus.subscribe(session_id)
+        while not platform.closing:
+            seen = bus.generation(session_id)
             events = await feeds.after(session_id, position, refresh=refresh)
             refresh = False
             if events:
@@ -145,22 +185,33 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                     break
                 continue
             if bus.is_deleted(session_id):
-                deleted = {
-                    "id": new_id("sevt"),
-                    "type": "session.deleted",
-                    "processed_at": us_to_rfc3339(now_us()),
-                }
+                deleted = {"id": new_id("sevt"), "type": "session.deleted", "processed_at": us_to_rfc3339(now_us())}
                 await response.write(sse_frame("session.deleted", deleted))
                 break
-            try:
-                await asyncio.wait_for(wake.wait(), platform.stream_ping_seconds)
-            except TimeoutError:
+            if previews is None:
+                if not await bus.wait(session_id, seen, platform.stream_ping_seconds):
+                    await response.write(PING)
+                    refresh = True  # also catch appends made by another process without a notify
+                continue
+            woke, got = await _wait_either(bus.wait(session_id, seen, platform.stream_ping_seconds), previews)
+            if got:
+                # Log events first (e.g. the span start that precedes a preview), then previews.
+                events = await feeds.after(session_id, position)
+                if events:
+                    await response.write(b"".join(event_frame(e) for e in events))
+                    position = events[-1].seq
+                frames = _preview_frames(got, wanted, preview_ids)
+                if frames:
+                    await response.write(b"".join(frames))
+            elif not woke:
                 await response.write(PING)
-                refresh = True  # also catch appends made by another process without a notify
+                refresh = True
     except (ConnectionResetError, ConnectionError):
         log.debug("stream client for %s went away", session_id)
     finally:
         feeds.unfollow(session_id)
+        if previews is not None:
+            bus.unsubscribe_deltas(session_id, previews)
     with contextlib.suppress(ConnectionError):
         await response.write_eof()
     return response

@@ -87,8 +87,15 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(
             NotFound(f"no route for {request.method} {request.path}: this server does not implement it"), request_id
         )
-    except web.HTTPMethodNotAllowed:
-        return error_response(MethodNotAllowed(f"method {request.method} is not allowed on {request.path}"), request_id)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error_response(
+            MethodNotAllowed(
+                f"method {request.method} is not allowed on {request.path}; use {allowed}",
+                headers={"Allow": allowed},
+            ),
+            request_id,
+        )
     except web.HTTPException:
         raise
     except Exception:
@@ -105,7 +112,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 def format_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False)[:5]:
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "~"))))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -128,10 +135,33 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
 
 
+def _find_nul(value: Any, path: str) -> str | None:
+    """The path of the first string holding U+0000 (PostgreSQL text cannot store it)."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return where
+            found = _find_nul(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _find_nul(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 async def parse_body(request: web.Request, model: type[M], *, allow_empty: bool = False) -> M:
     data = await read_json(request, allow_empty=allow_empty)
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
+    nul = _find_nul(data, "")
+    if nul is not None:
+        raise InvalidRequest(f"{nul or 'body'}: text must not contain NUL characters (\\u0000)")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -1,0 +1,177 @@
+"""The harness's window on one session: read the log incrementally, append events under the
+runner's lease, publish stream-only deltas, and notice interrupts while work is in flight."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import select, update
+
+from core import log
+from core.bus import Bus
+from core.db import Database, session_events, sessions
+from core.log import NewEvent, StoredEvent
+from core.providers import Providers
+from core.providers.base import Usage
+
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """A queued `user.interrupt` cut the in-flight model call or tool short."""
+
+
+@dataclass(frozen=True)
+class HarnessSettings:
+    max_retries: int = 4
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 30.0
+    tool_timeout_seconds: float = 120.0
+    max_tokens: int = 8192
+    # Compact older turns when the estimated prompt passes this many tokens.
+    compact_at_tokens: int = 150_000
+
+
+SandboxGetter = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class TurnContext:
+    session_id: str
+    tenant_id: str
+    owner: str
+    db: Database
+    bus: Bus
+    providers: Providers
+    settings: HarnessSettings
+    sandbox: SandboxGetter
+    http: Any = None
+    # Runner-provided: whether this is the first run after the session was claimed from
+    # another (crashed) owner or from a restart.
+    recovering: bool = False
+    session: Any = None
+    events: list[StoredEvent] = field(default_factory=list)
+    queued_seqs: set[int] = field(default_factory=set)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Bring `events`, `queued_seqs` and `session` up to date (reads only what is new)."""
+        after = self.events[-1].seq if self.events else 0
+        async with self.db.read() as conn:
+            while True:
+                batch = await log.read_after(conn, self.session_id, after)
+                self.events.extend(batch)
+                if len(batch) < 1000:
+                    break
+                after = batch[-1].seq
+            rows = await conn.execute(
+                select(session_events.c.seq).where(
+                    session_events.c.session_id == self.session_id, session_events.c.processed_at.is_(None)
+                )
+            )
+            self.queued_seqs = {r.seq for r in rows}
+            self.session = (await conn.execute(select(sessions).where(sessions.c.id == self.session_id))).first()
+
+    @property
+    def status(self) -> str:
+        return str(self.session.status) if self.session is not None else "idle"
+
+    # --- writing -------------------------------------------------------------------------------
+
+    async def emit(
+        self,
+        events: Sequence[NewEvent],
+        *,
+        status: str | None = None,
+        processed: Sequence[int] = (),
+        usage: Usage | None = None,
+        active_seconds: float | None = None,
+    ) -> list[StoredEvent]:
+        async with self.db.write() as conn:
+            stored = await log.append(
+                conn,
+                self.session_id,
+                events,
+                status=status,
+                postgres=not self.db.sqlite,
+                lease_owner=self.owner,
+            )
+            if processed:
+                await log.mark_processed(conn, self.session_id, processed)
+            if usage is not None or active_seconds is not None:
+                row = (
+                    await conn.execute(
+                        select(sessions.c.usage, sessions.c.stats).where(sessions.c.id == self.session_id)
+                    )
+                ).first()
+                assert row is not None
+                values: dict[str, Any] = {}
+                if usage is not None:
+                    values["usage"] = add_usage(row.usage, usage)
+                if active_seconds is not None:
+                    stats = dict(row.stats)
+                    stats["active_seconds"] = round(float(stats.get("active_seconds") or 0) + active_seconds, 3)
+                    values["stats"] = stats
+                await conn.execute(update(sessions).where(sessions.c.id == self.session_id).values(**values))
+        self.bus.notify(self.session_id)
+        await self.refresh()
+        return stored
+
+    def publish_delta(self, frame: dict[str, Any]) -> None:
+        self.bus.publish_delta(self.session_id, frame)
+
+    # --- interrupts ----------------------------------------------------------------------------
+
+    async def interruptible(self, work: Awaitable[T]) -> T:
+        """Run `work`; cancel it and raise Interrupted as soon as a user.interrupt is queued."""
+        task: asyncio.Task[T] = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(self._wait_for_interrupt())
+        try:
+            done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise Interrupted()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _wait_for_interrupt(self) -> None:
+        while True:
+            seen = self.bus.generation(self.session_id)
+            async with self.db.read() as conn:
+                found = await conn.execute(
+                    select(session_events.c.seq)
+                    .where(
+                        session_events.c.session_id == self.session_id,
+                        session_events.c.processed_at.is_(None),
+                        session_events.c.type == "user.interrupt",
+                    )
+                    .limit(1)
+                )
+                if found.first() is not None:
+                    return
+            # The timeout covers appends by another process that sent no wake-up here.
+            await self.bus.wait(self.session_id, seen, 5.0)
+
+
+def add_usage(current: dict[str, Any], usage: Usage) -> dict[str, Any]:
+    out = dict(current)
+    out["input_tokens"] = int(out.get("input_tokens") or 0) + usage.input_tokens
+    out["output_tokens"] = int(out.get("output_tokens") or 0) + usage.output_tokens
+    out["cache_read_input_tokens"] = int(out.get("cache_read_input_tokens") or 0) + usage.cache_read_input_tokens
+    creation = dict(out.get("cache_creation") or {})
+    creation["ephemeral_5m_input_tokens"] = (
+        int(creation.get("ephemeral_5m_input_tokens") or 0) + usage.cache_creation_input_tokens
+    )
+    creation.setdefault("ephemeral_1h_input_tokens", 0)
+    out["cache_creation"] = creation
+    return out

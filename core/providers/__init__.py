@@ -1,0 +1,100 @@
+"""Choosing a provider and key from an agent's model id.
+
+`provider/model` picks the provider explicitly (`anthropic/claude-sonnet-5`, `openai/gpt-5`,
+`openrouter/meta-llama/llama-4`, or any configured OpenAI-compatible name); bare ids are matched
+by family (`claude-*` → Anthropic, `gpt-*`/`o1`/`o3`/`o4*` → OpenAI); `demo` is the offline model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.errors import ConfigError
+from core.providers.anthropic import AnthropicProvider
+from core.providers.base import ModelError, ModelRequest, ModelResponse, Provider
+from core.providers.demo import DemoProvider
+from core.providers.openai import OpenAIProvider
+
+__all__ = ["ModelError", "ModelRequest", "ModelResponse", "Provider", "ProviderConfig", "Providers"]
+
+DEMO_IDS = frozenset({"demo", "oma/demo", "oma-demo"})
+OPENAI_PREFIXES = ("gpt-", "chatgpt-", "o1", "o3", "o4")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    base_url: str | None
+    api_key: str | None
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    anthropic: Endpoint = Endpoint(None, None)
+    openai: Endpoint = Endpoint(None, None)
+    openrouter: Endpoint = Endpoint("https://openrouter.ai/api/v1", None)
+    # Extra OpenAI-compatible gateways by name, e.g. {"vllm": Endpoint("http://gpu:8000/v1", "x")}.
+    compatible: dict[str, Endpoint] = field(default_factory=dict)
+
+
+class Providers:
+    """Provider clients are made once per (provider, key, base URL) and reused: each keeps a
+    connection pool."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self._clients: dict[tuple[str, str | None, str | None], Provider] = {}
+        self._demo = DemoProvider()
+
+    def split(self, model_id: str) -> tuple[str, str]:
+        if model_id in DEMO_IDS:
+            return "demo", model_id
+        prefix, slash, rest = model_id.partition("/")
+        if slash and (prefix in ("anthropic", "openai", "openrouter") or prefix in self.config.compatible):
+            return prefix, rest
+        if model_id.startswith("claude"):
+            return "anthropic", model_id
+        if model_id.startswith(OPENAI_PREFIXES):
+            return "openai", model_id
+        raise ConfigError(
+            f"cannot tell which provider serves model {model_id!r}; name it as provider/model, "
+            "e.g. anthropic/claude-sonnet-5, openai/gpt-5, openrouter/<model>, or 'demo'"
+        )
+
+    def resolve(self, model_id: str, *, api_key: str | None = None) -> tuple[Provider, str]:
+        """The provider and the provider-side model name. `api_key` (from a vault) beats settings."""
+        kind, model = self.split(model_id)
+        if kind == "demo":
+            return self._demo, model
+        endpoint = self._endpoint(kind)
+        key = api_key or endpoint.api_key
+        if not key:
+            env = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY", "openrouter": "OPENROUTER_API_KEY"}
+            raise ConfigError(
+                f"no API key for provider {kind!r}: set {env.get(kind, 'its api_key in OMA_OPENAI_COMPATIBLE')} "
+                "or store a provider credential in a vault"
+            )
+        cache_key = (kind, key, endpoint.base_url)
+        client = self._clients.get(cache_key)
+        if client is None:
+            if kind == "anthropic":
+                client = AnthropicProvider(api_key=key, base_url=endpoint.base_url)
+            else:
+                client = OpenAIProvider(api_key=key, base_url=endpoint.base_url, name=kind)
+            self._clients[cache_key] = client
+        return client, model
+
+    def _endpoint(self, kind: str) -> Endpoint:
+        if kind == "anthropic":
+            return self.config.anthropic
+        if kind == "openai":
+            return self.config.openai
+        if kind == "openrouter":
+            return self.config.openrouter
+        return self.config.compatible[kind]
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            close = getattr(client, "close", None)
+            if close is not None:
+                await close()
+        self._clients.clear()

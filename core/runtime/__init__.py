@@ -1,0 +1,3 @@
+from core.runtime.runner import Runner, RunnerSettings
+
+__all__ = ["Runner", "RunnerSettings"]
