@@ -57,6 +57,7 @@ def build_runner(settings: Settings, platform: Platform, http: aiohttp.ClientSes
             retry_base_seconds=settings.model_retry_base_seconds,
             tool_timeout_seconds=settings.tool_timeout_seconds,
             compact_at_tokens=settings.compact_at_tokens,
+            web_fetch_allow_private=settings.web_fetch_allow_private,
         ),
         settings=RunnerSettings(concurrency=settings.runner_concurrency, lease_seconds=settings.lease_seconds),
         http=http,

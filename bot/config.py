@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     model_retry_base_seconds: float = Field(default=1.0, ge=0)
     tool_timeout_seconds: float = Field(default=120.0, gt=0)
     compact_at_tokens: int = Field(default=150_000, ge=1000)
+    web_fetch_allow_private: bool = False
     sandbox_runtime: str = Field(
         default="local-subprocess", validation_alias=_env("SANDBOX_RUNTIME", "OMA_SANDBOX_RUNTIME")
     )

@@ -466,3 +466,53 @@ def wait_for(predicate: Any, timeout: float = 20) -> Any:
             return value
         time.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+@pytest.fixture(scope="module")
+def compacting_server(
+    backend: str, fake: FakeModelServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
+    tmp = tmp_path_factory.mktemp(f"compact-{backend}")
+    with database_url(backend, tmp) as url:
+        settings = make_settings(
+            url,
+            runner_enabled=True,
+            anthropic_api_key="sk-ant-test",
+            anthropic_base_url=fake.url,
+            compact_at_tokens=1000,
+            data_dir=tmp / "data",
+        )
+        srv = ServerThread(settings).start()
+        yield srv
+        srv.stop()
+
+
+def test_compaction_summarises_older_turns(
+    compacting_server: ServerThread, fake_loop: LoopThread, fake: FakeModelServer
+) -> None:
+    from core.keys import create_key, create_tenant
+
+    async def mint() -> str:
+        tenant_id = await create_tenant(compacting_server.platform.db, "compaction")
+        return (await create_key(compacting_server.platform.db, "t", tenant_id)).key
+
+    fake_loop.run(lambda: fake._queue.clear())
+    script = Script(fake_loop, fake)
+    with anthropic.Anthropic(
+        base_url=compacting_server.url, api_key=compacting_server.call(mint), max_retries=0
+    ) as client:
+        session_id = make_session(client, make_agent(client))
+        script.reply("Noted all of that.")
+        run_turn(client, session_id, msg("context: " + "lorem ipsum " * 500))
+        script.reply("SUMMARY: the user shared a long lorem ipsum context; the agent acknowledged it.")
+        script.reply("Here is the follow-up answer.")
+        events = run_turn(client, session_id, msg("second question"))
+    assert "agent.thread_context_compacted" in types(events)
+    assert next(e for e in events if e.type == "agent.message").content[0].text == "Here is the follow-up answer."
+    _, compaction, answer = script.requests()
+    assert "Summarise this conversation" in compaction["messages"][0]["content"][0]["text"]
+    assert "lorem ipsum" in compaction["messages"][0]["content"][0]["text"]
+    first = answer["messages"][0]["content"]
+    assert first[0]["text"].endswith("SUMMARY: the user shared a long lorem ipsum context; the agent acknowledged it.")
+    assert first[-1]["text"] == "second question"
+    assert len(answer["messages"]) == 1

@@ -205,6 +205,7 @@ class DefaultHarness:
             config=config,
             http=ctx.http,
             timeout=ctx.settings.tool_timeout_seconds,
+            allow_private_addresses=ctx.settings.web_fetch_allow_private,
         )
 
     async def require_action(self, state: State, waiting: list[str]) -> None:
@@ -258,10 +259,16 @@ class DefaultHarness:
         except ConfigError as exc:
             await self.fail_terminal(ErrorKind.REQUEST_FAILED, str(exc), state)
             return False
+        # Opening events go out with the first span start, in one write, unless compaction
+        # (itself a model call) must come first.
+        opening: list[NewEvent] = []
         if ctx.status != "running":
-            await ctx.emit([NewEvent("session.status_running")], status="running")
+            opening.append(NewEvent("session.status_running"))
         if state.open_span is not None:  # a call the previous owner never finished
-            await ctx.emit([self.span_end(state.open_span.id, None, is_error=True)])
+            opening.append(self.span_end(state.open_span.id, None, is_error=True))
+        if opening and self.needs_compaction(conv):
+            await ctx.emit(opening, status="running")
+            opening = []
         conv = await self.maybe_compact(conv, provider, model)
         attempt = 0
         while True:
@@ -269,9 +276,12 @@ class DefaultHarness:
                 e.seq for e in ctx.events if e.seq in ctx.queued_seqs and e.type in context.USER_INPUT_TYPES
             ]
             consumed = [s for s in queued_input if s <= conv.consumed_upto]
-            (start,) = await ctx.emit(
-                [NewEvent("span.model_request_start", {"_consumed_upto": conv.consumed_upto})], processed=consumed
+            *_, start = await ctx.emit(
+                [*opening, NewEvent("span.model_request_start", {"_consumed_upto": conv.consumed_upto})],
+                status="running" if opening else None,
+                processed=consumed,
             )
+            opening = []
             previews: dict[int, str] = {}
 
             async def on_delta(delta: Delta, previews: dict[int, str] = previews) -> None:
@@ -381,6 +391,17 @@ class DefaultHarness:
             if event.type in ("agent.tool_use", "agent.custom_tool_use"):
                 self.fresh.add(event.id)
         events.append(self.span_end(start.id, response))
+        final = not any(e.type in ("agent.tool_use", "agent.custom_tool_use") for e in events)
+        if final and response.stop_reason != "refusal":
+            # The usual last step of a turn: idle in the same write unless input is waiting.
+            state = derive(self.ctx.events, self.ctx.queued_seqs)
+            await self.ctx.emit(
+                events,
+                usage=response.usage,
+                finish=idle({"type": "end_turn"}),
+                active_seconds=self.active(state),
+            )
+            return
         await self.ctx.emit(events, usage=response.usage)
 
     @staticmethod
@@ -415,14 +436,18 @@ class DefaultHarness:
 
     # --- compaction ----------------------------------------------------------------------------
 
+    def needs_compaction(self, conv: context.Conversation) -> bool:
+        system = self.ctx.session.agent.get("system")
+        return (
+            len(conv.messages) >= 3
+            and context.estimate_tokens(conv.messages, system) >= self.ctx.settings.compact_at_tokens
+        )
+
     async def maybe_compact(self, conv: context.Conversation, provider: Any, model: str) -> context.Conversation:
         """Summarise older turns when the prompt nears the window; the summary is an event, so a
         rebuild from the log produces the same compacted context."""
         ctx = self.ctx
-        system = ctx.session.agent.get("system")
-        if context.estimate_tokens(conv.messages, system) < ctx.settings.compact_at_tokens:
-            return conv
-        if len(conv.messages) < 3:
+        if not self.needs_compaction(conv):
             return conv
         transcript = context.transcript(context.build(ctx.events, include_pending=False).messages)
         request = ModelRequest(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core import log
 from core.bus import Bus
@@ -33,6 +34,8 @@ class HarnessSettings:
     max_tokens: int = 8192
     # Compact older turns when the estimated prompt passes this many tokens.
     compact_at_tokens: int = 150_000
+    # Let web_fetch reach loopback/private addresses (off: agents must not probe the host's network).
+    web_fetch_allow_private: bool = False
 
 
 SandboxGetter = Callable[[], Awaitable[Any]]
@@ -55,26 +58,37 @@ class TurnContext:
     session: Any = None
     events: list[StoredEvent] = field(default_factory=list)
     queued_seqs: set[int] = field(default_factory=set)
+    _seen_generation: int = -1
 
     # --- reading -------------------------------------------------------------------------------
 
-    async def refresh(self) -> None:
-        """Bring `events`, `queued_seqs` and `session` up to date (reads only what is new)."""
-        after = self.events[-1].seq if self.events else 0
+    async def refresh(self, *, force: bool = False) -> None:
+        """Bring `events`, `queued_seqs` and `session` up to date (reads only what is new).
+
+        Skipped when the bus says nothing was appended since the last read: every append in this
+        process, and (on PostgreSQL) in any process, bumps the session's generation."""
+        if not force and self._seen_generation == self.bus.generation(self.session_id):
+            return
+        generation = self.bus.generation(self.session_id)
         async with self.db.read() as conn:
-            while True:
-                batch = await log.read_after(conn, self.session_id, after)
-                self.events.extend(batch)
-                if len(batch) < 1000:
-                    break
-                after = batch[-1].seq
-            rows = await conn.execute(
-                select(session_events.c.seq).where(
-                    session_events.c.session_id == self.session_id, session_events.c.processed_at.is_(None)
-                )
+            await self._read(conn)
+        self._seen_generation = generation
+
+    async def _read(self, conn: AsyncConnection) -> None:
+        after = self.events[-1].seq if self.events else 0
+        while True:
+            batch = await log.read_after(conn, self.session_id, after)
+            self.events.extend(batch)
+            if len(batch) < 1000:
+                break
+            after = batch[-1].seq
+        rows = await conn.execute(
+            select(session_events.c.seq).where(
+                session_events.c.session_id == self.session_id, session_events.c.processed_at.is_(None)
             )
-            self.queued_seqs = {r.seq for r in rows}
-            self.session = (await conn.execute(select(sessions).where(sessions.c.id == self.session_id))).first()
+        )
+        self.queued_seqs = {r.seq for r in rows}
+        self.session = (await conn.execute(select(sessions).where(sessions.c.id == self.session_id))).first()
 
     @property
     def status(self) -> str:
@@ -90,8 +104,28 @@ class TurnContext:
         processed: Sequence[int] = (),
         usage: Usage | None = None,
         active_seconds: float | None = None,
+        finish: NewEvent | None = None,
     ) -> list[StoredEvent]:
+        """Append under the lease, then read back everything new in the same transaction.
+
+        `finish` (a `session.status_idle`) is appended too, in the same write, when no user
+        input is queued; otherwise it is dropped and the harness carries on with that input."""
+        generation = self.bus.generation(self.session_id)
         async with self.db.write() as conn:
+            if finish is not None:
+                waiting = await conn.execute(
+                    select(session_events.c.seq)
+                    .where(
+                        session_events.c.session_id == self.session_id,
+                        session_events.c.processed_at.is_(None),
+                    )
+                    .limit(1)
+                )
+                if waiting.first() is None:
+                    events = [*events, finish]
+                    status = "idle"
+                else:
+                    active_seconds = None
             stored = await log.append(
                 conn,
                 self.session_id,
@@ -117,8 +151,10 @@ class TurnContext:
                     stats["active_seconds"] = round(float(stats.get("active_seconds") or 0) + active_seconds, 3)
                     values["stats"] = stats
                 await conn.execute(update(sessions).where(sessions.c.id == self.session_id).values(**values))
+            await self._read(conn)
         self.bus.notify(self.session_id)
-        await self.refresh()
+        # Our own notify is the only bump we have read past; any other means "read again".
+        self._seen_generation = generation + 1
         return stored
 
     def publish_delta(self, frame: dict[str, Any]) -> None:
@@ -145,22 +181,27 @@ class TurnContext:
                 await asyncio.gather(task, return_exceptions=True)
 
     async def _wait_for_interrupt(self) -> None:
+        if any(e.type == "user.interrupt" for e in self.events if e.seq in self.queued_seqs):
+            return
+        timed_out = False
         while True:
             seen = self.bus.generation(self.session_id)
-            async with self.db.read() as conn:
-                found = await conn.execute(
-                    select(session_events.c.seq)
-                    .where(
-                        session_events.c.session_id == self.session_id,
-                        session_events.c.processed_at.is_(None),
-                        session_events.c.type == "user.interrupt",
+            # Query only when something was appended since our last read (or a wait timed out:
+            # another process may have appended without a wake-up reaching us).
+            if timed_out or seen != self._seen_generation:
+                async with self.db.read() as conn:
+                    found = await conn.execute(
+                        select(session_events.c.seq)
+                        .where(
+                            session_events.c.session_id == self.session_id,
+                            session_events.c.processed_at.is_(None),
+                            session_events.c.type == "user.interrupt",
+                        )
+                        .limit(1)
                     )
-                    .limit(1)
-                )
-                if found.first() is not None:
-                    return
-            # The timeout covers appends by another process that sent no wake-up here.
-            await self.bus.wait(self.session_id, seen, 5.0)
+                    if found.first() is not None:
+                        return
+            timed_out = not await self.bus.wait(self.session_id, seen, 5.0)
 
 
 def add_usage(current: dict[str, Any], usage: Usage) -> dict[str, Any]:

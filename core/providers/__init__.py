@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.errors import ConfigError
-from core.providers.anthropic import AnthropicProvider
 from core.providers.base import ModelError, ModelRequest, ModelResponse, Provider
 from core.providers.demo import DemoProvider
-from core.providers.openai import OpenAIProvider
 
 __all__ = ["ModelError", "ModelRequest", "ModelResponse", "Provider", "ProviderConfig", "Providers"]
 
@@ -76,9 +74,15 @@ class Providers:
         cache_key = (kind, key, endpoint.base_url)
         client = self._clients.get(cache_key)
         if client is None:
+            # The SDKs are imported on first use: together they take over a second to import,
+            # which a restart (and so crash recovery) would otherwise pay up front.
             if kind == "anthropic":
+                from core.providers.anthropic import AnthropicProvider
+
                 client = AnthropicProvider(api_key=key, base_url=endpoint.base_url)
             else:
+                from core.providers.openai import OpenAIProvider
+
                 client = OpenAIProvider(api_key=key, base_url=endpoint.base_url, name=kind)
             self._clients[cache_key] = client
         return client, model

@@ -185,6 +185,11 @@ class Runner:
         )
         if not self.db.sqlite:
             query = query.with_for_update(skip_locked=True)
+        if self.db.sqlite:
+            # Look before taking SQLite's single write lock: most passes find nothing to claim.
+            async with self.db.read() as conn:
+                if not [r.id for r in await conn.execute(query) if r.id not in self._tasks]:
+                    return []
         async with self.db.write() as conn:
             ids = [r.id for r in await conn.execute(query) if r.id not in self._tasks]
             if not ids:
@@ -211,14 +216,17 @@ class Runner:
 
     async def _run(self, session_id: str) -> None:
         recovering = True  # the first pass after a claim closes whatever a previous owner left open
+        released = False
         try:
             while True:
-                ctx = await self._context(session_id, recovering)
-                if ctx is None:
+                found = await self._context(session_id, recovering)
+                if found is None:
                     return
-                await self.harnesses.get(await self._harness_name(session_id))(ctx)
+                ctx, harness_name = found
+                await self.harnesses.get(harness_name)(ctx)
                 recovering = False
-                if not await self._has_queued(session_id):
+                if await self._release_if_done(session_id):
+                    released = True
                     return
         except LeaseLost:
             log.warning("lost the lease of %s; another runner continues it", session_id)
@@ -234,20 +242,37 @@ class Runner:
             if self._tasks.get(session_id) is asyncio.current_task():
                 self._tasks.pop(session_id, None)
                 if not self._stopping:
-                    await self._release(session_id)
+                    if not released:
+                        await self._release(session_id)
                     self.bus.forget(session_id)
                     self.bus.notify(WORK)
 
-    async def _context(self, session_id: str, recovering: bool) -> TurnContext | None:
+    async def _context(self, session_id: str, recovering: bool) -> tuple[TurnContext, str | None] | None:
+        """The turn context, and the harness the session's agent version asks for."""
         async with self.db.read() as conn:
-            row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
+            row = (
+                await conn.execute(
+                    select(sessions, agent_versions.c.body.label("agent_body"))
+                    .select_from(
+                        sessions.outerjoin(
+                            agent_versions,
+                            and_(
+                                agent_versions.c.agent_id == sessions.c.agent_id,
+                                agent_versions.c.version == sessions.c.agent_version,
+                            ),
+                        )
+                    )
+                    .where(sessions.c.id == session_id)
+                )
+            ).first()
         if row is None or row.lease_owner != self.owner:
             return None
+        environment_id = row.environment_id
 
         async def sandbox() -> Any:
-            return await self.sandboxes.get(session_id, row.environment_id)
+            return await self.sandboxes.get(session_id, environment_id)
 
-        return TurnContext(
+        ctx = TurnContext(
             session_id=session_id,
             tenant_id=row.tenant_id,
             owner=self.owner,
@@ -259,34 +284,23 @@ class Runner:
             http=self.http,
             recovering=recovering and row.status in ACTIVE,
         )
+        harness = ((row.agent_body or {}).get("metadata") or {}).get("oma.harness")
+        return ctx, harness
 
-    async def _harness_name(self, session_id: str) -> str | None:
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(agent_versions.c.body)
-                    .select_from(
-                        sessions.join(
-                            agent_versions,
-                            and_(
-                                agent_versions.c.agent_id == sessions.c.agent_id,
-                                agent_versions.c.version == sessions.c.agent_version,
-                            ),
-                        )
-                    )
-                    .where(sessions.c.id == session_id)
-                )
-            ).first()
-        return (row.body.get("metadata") or {}).get("oma.harness") if row is not None else None
-
-    async def _has_queued(self, session_id: str) -> bool:
-        async with self.db.read() as conn:
-            found = await conn.execute(
-                select(session_events.c.seq)
-                .where(session_events.c.session_id == session_id, session_events.c.processed_at.is_(None))
-                .limit(1)
+    async def _release_if_done(self, session_id: str) -> bool:
+        """Release the lease unless user events are queued (then the caller runs again)."""
+        queued = (
+            select(session_events.c.seq)
+            .where(session_events.c.session_id == session_id, session_events.c.processed_at.is_(None))
+            .exists()
+        )
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(sessions)
+                .where(sessions.c.id == session_id, sessions.c.lease_owner == self.owner, ~queued)
+                .values(lease_owner=None, lease_expires_at=None)
             )
-            return found.first() is not None
+            return bool(result.rowcount)
 
     async def _release(self, session_id: str) -> None:
         with contextlib.suppress(Exception):
