@@ -18,6 +18,7 @@ from sandbox.base import (
     Sandbox,
     SandboxError,
     SandboxFactory,
+    SandboxOptions,
     SandboxUnavailable,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "PathOutsideWorkspace",
     "Sandbox",
     "SandboxError",
+    "SandboxOptions",
     "SandboxUnavailable",
     "open_sandbox",
     "runtime_factory",
@@ -59,8 +61,8 @@ def runtime_factory(runtime: str) -> SandboxFactory:
     return cast(SandboxFactory, getattr(module, name))
 
 
-async def open_sandbox(session_id: str, *, runtime: str, root: Path, networking: bool = True) -> Sandbox:
+async def open_sandbox(session_id: str, *, runtime: str, root: Path, options: SandboxOptions | None = None) -> Sandbox:
     """The session's sandbox, started: a new workspace, or the one an earlier process left."""
-    sandbox = runtime_factory(runtime)(session_id, root=root, networking=networking)
+    sandbox = runtime_factory(runtime)(session_id, root=root, options=options or SandboxOptions())
     await sandbox.start()
     return sandbox

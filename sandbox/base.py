@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import abc
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -128,8 +129,28 @@ class Sandbox(abc.ABC):
         await self.stop()
 
 
+@dataclass(frozen=True, slots=True)
+class SandboxOptions:
+    """How a session's sandbox is set up: from the environment's config and the settings."""
+
+    networking: bool = True
+    # Container image (docker), template (e2b) or image/snapshot (daytona); None: the runtime's default.
+    image: str | None = None
+    memory_mb: int | None = 1024
+    pids: int | None = 256
+    cpus: float | None = 1.0
+    # The environment's packages by manager ("pip", "npm", "apt", ...), installed once per
+    # environment (keyed by `environment_id`) and reused by its sessions.
+    packages: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    environment_id: str | None = None
+    # Hosted runtimes: API base URL and credentials (from settings or the vault), e.g.
+    # {"api_key": "..."}; never exposed inside the sandbox.
+    api_url: str | None = None
+    credentials: Mapping[str, str] = field(default_factory=dict)
+
+
 class SandboxFactory(Protocol):
-    def __call__(self, session_id: str, *, root: Path, networking: bool) -> Sandbox: ...
+    def __call__(self, session_id: str, *, root: Path, options: SandboxOptions) -> Sandbox: ...
 
 
 def check_session_id(session_id: str) -> str:

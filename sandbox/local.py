@@ -27,6 +27,7 @@ from sandbox.base import (
     PathOutsideWorkspace,
     Sandbox,
     SandboxError,
+    SandboxOptions,
     SandboxUnavailable,
     check_session_id,
 )
@@ -58,9 +59,10 @@ def _warn_networking() -> None:
 class LocalSandbox(Sandbox):
     runtime = "local-subprocess"
 
-    def __init__(self, session_id: str, *, root: Path, networking: bool = True) -> None:
+    def __init__(self, session_id: str, *, root: Path, options: SandboxOptions | None = None) -> None:
         self.session_id = check_session_id(session_id)
-        self.networking = networking
+        self.options = options or SandboxOptions()
+        self.networking = self.options.networking
         self._root = Path(root)
         self._ws = self._root / self.session_id / "workspace"
         self.workspace = str(self._ws)

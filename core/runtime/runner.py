@@ -244,6 +244,7 @@ class Runner:
                 if not self._stopping:
                     if not released:
                         await self._release(session_id)
+                    self.sandboxes.idle(session_id)
                     self.bus.forget(session_id)
                     self.bus.notify(WORK)
 
