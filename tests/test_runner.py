@@ -516,3 +516,58 @@ def test_compaction_summarises_older_turns(
     assert first[0]["text"].endswith("SUMMARY: the user shared a long lorem ipsum context; the agent acknowledged it.")
     assert first[-1]["text"] == "second question"
     assert len(answer["messages"]) == 1
+
+
+def test_extended_thinking_is_requested_and_kept_for_the_tool_loop(
+    rclient: anthropic.Anthropic, script: Script
+) -> None:
+    agent_id = make_agent(rclient, model={"id": "claude-sonnet-5", "effort": "high"})
+    session_id = make_session(rclient, agent_id)
+    script.reply(thinking="I should list the files.", tool_use={"name": "bash", "input": {"command": "echo listed"}})
+    script.reply("All listed.")
+    events = run_turn(rclient, session_id, msg("list files"), deltas=True)
+    assert types(events)[:5] == [
+        "user.message",
+        "session.status_running",
+        "span.model_request_start",
+        "agent.thinking",
+        "agent.tool_use",
+    ]
+    thinking = next(e for e in events if e.type == "agent.thinking")
+    assert any(
+        e.type == "event_start" and e.event.type == "agent.thinking" and e.event.id == thinking.id for e in events
+    )
+    first, second = script.requests()
+    assert first["thinking"] == {"type": "enabled", "budget_tokens": 16384}
+    assert first["max_tokens"] > 16384
+    # The signed thinking block goes back with the tool result, as the Messages API requires.
+    assistant = second["messages"][1]["content"]
+    assert assistant[0]["type"] == "thinking" and assistant[0]["thinking"] == "I should list the files."
+    assert assistant[0]["signature"]
+
+
+def test_custom_harness_registered_and_chosen_per_agent(
+    rclient: anthropic.Anthropic, runner_server: ServerThread
+) -> None:
+    from core.harness.turn import TurnContext
+    from core.log import NewEvent
+
+    async def shouting(ctx: TurnContext) -> None:
+        await ctx.refresh(force=True)
+        queued = [e for e in ctx.events if e.seq in ctx.queued_seqs]
+        said = " ".join(b["text"] for e in queued if e.type == "user.message" for b in e.payload["content"])
+        await ctx.emit(
+            [
+                NewEvent("session.status_running"),
+                NewEvent("agent.message", {"content": [{"type": "text", "text": said.upper()}]}),
+                NewEvent("session.status_idle", {"stop_reason": {"type": "end_turn"}}),
+            ],
+            status="idle",
+            processed=[e.seq for e in queued],
+        )
+
+    runner_server.platform.runner.harnesses.register("shouting", shouting)
+    agent_id = make_agent(rclient, metadata={"oma.harness": "shouting"})
+    session_id = make_session(rclient, agent_id)
+    events = run_turn(rclient, session_id, msg("quiet please"))
+    assert next(e for e in events if e.type == "agent.message").content[0].text == "QUIET PLEASE"
