@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    Connection,
+    Engine,
     ForeignKey,
     Index,
     Integer,
@@ -23,11 +26,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    create_engine,
     event,
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+
+T = TypeVar("T")
 
 metadata = MetaData()
 
@@ -161,11 +167,50 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def make_sync_sqlite_engine(url: str, *, immediate: bool = False, pool_size: int = 8) -> Engine:
+    engine = create_engine(
+        url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://", 1),
+        json_serializer=_dumps,
+        json_deserializer=orjson.loads,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_size=pool_size,
+        max_overflow=0,
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    if immediate:
+        _begin_immediate(engine)
+    return engine
+
+
+def _begin_immediate(engine: Engine) -> None:
+    """Write transactions take SQLite's write lock when they begin. Two writers (the worker thread
+    and the async engine) then queue on the lock (busy_timeout) instead of one failing: a deferred
+    transaction that read first cannot upgrade to a writer once the other has committed."""
+
+    def autocommit_driver(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_conn.isolation_level = None
+
+    def begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", autocommit_driver)
+    event.listen(engine, "begin", begin)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 10, immediate: bool = False) -> AsyncEngine:
     if is_sqlite(url):
         engine = create_async_engine(
             url,
@@ -173,16 +218,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             json_deserializer=orjson.loads,
             connect_args={"timeout": 30},
         )
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        if immediate:
+            _begin_immediate(engine.sync_engine)
         return engine
     return create_async_engine(
         url,
@@ -199,13 +237,29 @@ class Database:
 
     SQLite allows one writer at a time; inside one process we queue writers on an asyncio lock
     instead of letting them fail with "database is locked" (busy_timeout covers other processes).
+
+    Hot paths use `run_write`/`run_read` with a plain function of a *sync* Connection: on
+    PostgreSQL it runs through the async engine (`run_sync`, asyncpg underneath); on SQLite it runs
+    whole in a worker thread on a pysqlite connection. aiosqlite costs a thread round-trip per
+    cursor call (about 25 per small transaction); this costs one per transaction.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.sqlite = is_sqlite(url)
         self.engine = make_engine(url)
+        # SQLite: writes go through engines whose transactions BEGIN IMMEDIATE (see below).
+        self.write_engine = make_engine(url, immediate=True) if self.sqlite else self.engine
         self._write_lock = asyncio.Lock() if self.sqlite else None
+        self._sync_engine: Engine | None = None
+        self._sync_write_engine: Engine | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        if self.sqlite:
+            self._sync_engine = make_sync_sqlite_engine(url)
+            self._sync_write_engine = make_sync_sqlite_engine(url, immediate=True, pool_size=1)
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+            self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sqlite-reader")
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -213,7 +267,7 @@ class Database:
             async with self.engine.begin() as conn:
                 yield conn
             return
-        async with self._write_lock, self.engine.begin() as conn:
+        async with self._write_lock, self.write_engine.begin() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
@@ -221,5 +275,40 @@ class Database:
         async with self.engine.connect() as conn:
             yield conn
 
+    async def run_write(self, fn: Callable[[Connection], T]) -> T:
+        """`fn` in one write transaction (committed if it returns, rolled back if it raises)."""
+        if self._sync_write_engine is None or self._writer is None:
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(fn)
+        engine = self._sync_write_engine
+
+        def transaction() -> T:
+            with engine.begin() as conn:
+                return fn(conn)
+
+        # The single worker runs queued transactions back to back, without a trip through the
+        # event loop between them.
+        return await asyncio.get_running_loop().run_in_executor(self._writer, transaction)
+
+    async def run_read(self, fn: Callable[[Connection], T]) -> T:
+        if self._sync_engine is None or self._readers is None:
+            async with self.engine.connect() as conn:
+                return await conn.run_sync(fn)
+        engine = self._sync_engine
+
+        def reading() -> T:
+            with engine.connect() as conn:
+                return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, reading)
+
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.write_engine is not self.engine:
+            await self.write_engine.dispose()
+        for sync_engine in (self._sync_engine, self._sync_write_engine):
+            if sync_engine is not None:
+                sync_engine.dispose()
+        for pool in (self._writer, self._readers):
+            if pool is not None:
+                pool.shutdown(wait=True)

@@ -50,8 +50,8 @@ class Feeds:
         async with feed.lock:
             generation = self._bus.generation(session_id)
             if refresh or generation != feed.generation:
-                async with self._db.read() as conn:
-                    fresh = await log.read_after(conn, session_id, feed.read_upto)
+                upto = feed.read_upto
+                fresh = await self._db.run_read(lambda c: log.read_after_sync(c, session_id, upto))
                 feed.generation = generation
                 if fresh:
                     feed.read_upto = fresh[-1].seq
@@ -65,5 +65,4 @@ class Feeds:
             return tail[seq + 1 - tail[0].seq :]
         if not tail and feed.read_upto <= seq:
             return []
-        async with self._db.read() as conn:
-            return await log.read_after(conn, session_id, seq)
+        return await self._db.run_read(lambda c: log.read_after_sync(c, session_id, seq))

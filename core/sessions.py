@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core import log, schemas
@@ -144,6 +144,19 @@ def _apply_overrides(agent: dict[str, Any], ov: schemas.AgentWithOverrides) -> d
     if "tools" in fields or "mcp_servers" in fields:
         check_resolved_tools(out["tools"], out["mcp_servers"])
     return out
+
+
+def check_refs(conn: Connection, session_id: str, ids: list[str], types: tuple[str, ...], field: str) -> None:
+    """Every id must be an event of one of `types` in this session."""
+    if not ids:
+        return
+    found = log.find_ids_sync(conn, session_id, ids, types)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise InvalidRequest(
+            f"{field}: no {' or '.join(types)} event {missing[0]} in session {session_id}",
+            error_code="tool_use_not_found",
+        )
 
 
 class SessionStore:
@@ -358,32 +371,35 @@ class SessionStore:
         confirm_ids = [e.tool_use_id for e in events if isinstance(e, schemas.UserToolConfirmation)]
         result_ids = [e.tool_use_id for e in events if isinstance(e, schemas.UserToolResult)]
         custom_ids = [e.custom_tool_use_id for e in events if isinstance(e, schemas.UserCustomToolResult)]
-        async with self.db.write() as conn:
-            row = await self._row(conn, tenant_id, session_id, lock=True)
+        postgres = not self.db.sqlite
+
+        def owned_and_writable(conn: Connection) -> None:
+            row = conn.execute(
+                select(sessions.c.id, sessions.c.status, sessions.c.archived_at).where(
+                    sessions.c.id == session_id, sessions.c.tenant_id == tenant_id
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"session {session_id} not found", error_code="session_not_found")
             self._check_writable(row)
-            await self._check_refs(
-                conn, session_id, confirm_ids, ("agent.tool_use", "agent.mcp_tool_use"), "tool_use_id"
-            )
-            await self._check_refs(conn, session_id, result_ids, ("agent.tool_use",), "tool_use_id")
-            await self._check_refs(conn, session_id, custom_ids, ("agent.custom_tool_use",), "custom_tool_use_id")
-            stored = await log.append(conn, session_id, new, postgres=not self.db.sqlite)
+
+        def transaction(conn: Connection) -> list[log.StoredEvent]:
+            if confirm_ids or result_ids or custom_ids:
+                owned_and_writable(conn)  # before looking for the referenced events
+            check_refs(conn, session_id, confirm_ids, ("agent.tool_use", "agent.mcp_tool_use"), "tool_use_id")
+            check_refs(conn, session_id, result_ids, ("agent.tool_use",), "tool_use_id")
+            check_refs(conn, session_id, custom_ids, ("agent.custom_tool_use",), "custom_tool_use_id")
+            try:
+                # The guarded UPDATE takes the row lock and checks the session in one statement.
+                return log.append_sync(conn, session_id, new, postgres=postgres, writable_for=tenant_id)
+            except log.AppendRefused:
+                owned_and_writable(conn)  # raises the error that explains the refusal
+                raise
+
+        stored = await self.db.run_write(transaction)
         self.bus.notify(session_id)
         self.bus.notify("*")
         return [e.render() for e in stored]
-
-    @staticmethod
-    async def _check_refs(
-        conn: AsyncConnection, session_id: str, ids: list[str], types: tuple[str, ...], field: str
-    ) -> None:
-        if not ids:
-            return
-        found = await log.find_ids(conn, session_id, ids, types)
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise InvalidRequest(
-                f"{field}: no {' or '.join(types)} event {missing[0]} in session {session_id}",
-                error_code="tool_use_not_found",
-            )
 
     async def list_events(
         self,

@@ -8,8 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, select, update
 
 from core import log
 from core.bus import Bus
@@ -70,25 +69,14 @@ class TurnContext:
         if not force and self._seen_generation == self.bus.generation(self.session_id):
             return
         generation = self.bus.generation(self.session_id)
-        async with self.db.read() as conn:
-            await self._read(conn)
+        after = self.events[-1].seq if self.events else 0
+        self._apply(await self.db.run_read(lambda c: _read(c, self.session_id, after)))
         self._seen_generation = generation
 
-    async def _read(self, conn: AsyncConnection) -> None:
-        after = self.events[-1].seq if self.events else 0
-        while True:
-            batch = await log.read_after(conn, self.session_id, after)
-            self.events.extend(batch)
-            if len(batch) < 1000:
-                break
-            after = batch[-1].seq
-        rows = await conn.execute(
-            select(session_events.c.seq).where(
-                session_events.c.session_id == self.session_id, session_events.c.processed_at.is_(None)
-            )
-        )
-        self.queued_seqs = {r.seq for r in rows}
-        self.session = (await conn.execute(select(sessions).where(sessions.c.id == self.session_id))).first()
+    def _apply(self, read: _Read) -> None:
+        self.events.extend(read.events)
+        self.queued_seqs = read.queued
+        self.session = read.session
 
     @property
     def status(self) -> str:
@@ -106,52 +94,47 @@ class TurnContext:
         active_seconds: float | None = None,
         finish: NewEvent | None = None,
     ) -> list[StoredEvent]:
-        """Append under the lease, then read back everything new in the same transaction.
+        """Append under the lease, then read back everything new, in one transaction.
 
         `finish` (a `session.status_idle`) is appended too, in the same write, when no user
         input is queued; otherwise it is dropped and the harness carries on with that input."""
         generation = self.bus.generation(self.session_id)
-        async with self.db.write() as conn:
+        session_id, owner, postgres = self.session_id, self.owner, not self.db.sqlite
+        after = self.events[-1].seq if self.events else 0
+
+        def transaction(conn: Connection) -> tuple[list[StoredEvent], _Read]:
+            batch, new_status, seconds = list(events), status, active_seconds
             if finish is not None:
-                waiting = await conn.execute(
+                waiting = conn.execute(
                     select(session_events.c.seq)
-                    .where(
-                        session_events.c.session_id == self.session_id,
-                        session_events.c.processed_at.is_(None),
-                    )
+                    .where(session_events.c.session_id == session_id, session_events.c.processed_at.is_(None))
                     .limit(1)
-                )
-                if waiting.first() is None:
-                    events = [*events, finish]
-                    status = "idle"
+                ).first()
+                if waiting is None:
+                    batch.append(finish)
+                    new_status = "idle"
                 else:
-                    active_seconds = None
-            stored = await log.append(
-                conn,
-                self.session_id,
-                events,
-                status=status,
-                postgres=not self.db.sqlite,
-                lease_owner=self.owner,
-            )
+                    seconds = None
+            stored = log.append_sync(conn, session_id, batch, status=new_status, postgres=postgres, lease_owner=owner)
             if processed:
-                await log.mark_processed(conn, self.session_id, processed)
-            if usage is not None or active_seconds is not None:
-                row = (
-                    await conn.execute(
-                        select(sessions.c.usage, sessions.c.stats).where(sessions.c.id == self.session_id)
-                    )
+                log.mark_processed_sync(conn, session_id, processed)
+            if usage is not None or seconds is not None:
+                row = conn.execute(
+                    select(sessions.c.usage, sessions.c.stats).where(sessions.c.id == session_id)
                 ).first()
                 assert row is not None
                 values: dict[str, Any] = {}
                 if usage is not None:
                     values["usage"] = add_usage(row.usage, usage)
-                if active_seconds is not None:
+                if seconds is not None:
                     stats = dict(row.stats)
-                    stats["active_seconds"] = round(float(stats.get("active_seconds") or 0) + active_seconds, 3)
+                    stats["active_seconds"] = round(float(stats.get("active_seconds") or 0) + seconds, 3)
                     values["stats"] = stats
-                await conn.execute(update(sessions).where(sessions.c.id == self.session_id).values(**values))
-            await self._read(conn)
+                conn.execute(update(sessions).where(sessions.c.id == session_id).values(**values))
+            return stored, _read(conn, session_id, after)
+
+        stored, read = await self.db.run_write(transaction)
+        self._apply(read)
         self.bus.notify(self.session_id)
         # Our own notify is the only bump we have read past; any other means "read again".
         self._seen_generation = generation + 1
@@ -202,6 +185,30 @@ class TurnContext:
                     if found.first() is not None:
                         return
             timed_out = not await self.bus.wait(self.session_id, seen, 5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    events: list[StoredEvent]
+    queued: set[int]
+    session: Any
+
+
+def _read(conn: Connection, session_id: str, after: int) -> _Read:
+    events: list[StoredEvent] = []
+    while True:
+        batch = log.read_after_sync(conn, session_id, after)
+        events.extend(batch)
+        if len(batch) < 1000:
+            break
+        after = batch[-1].seq
+    rows = conn.execute(
+        select(session_events.c.seq).where(
+            session_events.c.session_id == session_id, session_events.c.processed_at.is_(None)
+        )
+    )
+    session = conn.execute(select(sessions).where(sessions.c.id == session_id)).first()
+    return _Read(events, {r.seq for r in rows}, session)
 
 
 def add_usage(current: dict[str, Any], usage: Usage) -> dict[str, Any]:
