@@ -254,6 +254,7 @@ class Database:
         self._sync_engine: Engine | None = None
         self._sync_write_engine: Engine | None = None
         self._writer: ThreadPoolExecutor | None = None
+        self._writer_conn: Connection | None = None
         self._readers: ThreadPoolExecutor | None = None
         if self.sqlite:
             self._sync_engine = make_sync_sqlite_engine(url)
@@ -280,11 +281,20 @@ class Database:
         if self._sync_write_engine is None or self._writer is None:
             async with self.engine.begin() as conn:
                 return await conn.run_sync(fn)
-        engine = self._sync_write_engine
 
         def transaction() -> T:
-            with engine.begin() as conn:
-                return fn(conn)
+            # The worker keeps one connection for good: no pool checkout and reset per write.
+            conn = self._writer_conn
+            if conn is None or conn.closed:
+                assert self._sync_write_engine is not None
+                conn = self._writer_conn = self._sync_write_engine.connect()
+            try:
+                with conn.begin():
+                    return fn(conn)
+            except BaseException:
+                if conn.invalidated:
+                    self._writer_conn = None
+                raise
 
         # The single worker runs queued transactions back to back, without a trip through the
         # event loop between them.
@@ -303,12 +313,15 @@ class Database:
         return await asyncio.get_running_loop().run_in_executor(self._readers, reading)
 
     async def close(self) -> None:
+        for pool in (self._writer, self._readers):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
         await self.engine.dispose()
         if self.write_engine is not self.engine:
             await self.write_engine.dispose()
         for sync_engine in (self._sync_engine, self._sync_write_engine):
             if sync_engine is not None:
                 sync_engine.dispose()
-        for pool in (self._writer, self._readers):
-            if pool is not None:
-                pool.shutdown(wait=True)
