@@ -210,7 +210,7 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(url: str, *, pool_size: int = 10, immediate: bool = False) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 20, immediate: bool = False) -> AsyncEngine:
     if is_sqlite(url):
         engine = create_async_engine(
             url,
