@@ -11,13 +11,13 @@ import anthropic
 from core.providers.base import (
     Delta,
     DeltaKind,
-    ErrorKind,
     ModelError,
     ModelRequest,
     ModelResponse,
     OnDelta,
     Usage,
-    retry_after_seconds,
+    other_error,
+    status_error,
 )
 
 EPHEMERAL = {"type": "ephemeral"}
@@ -47,20 +47,8 @@ def with_cache_breakpoints(request: ModelRequest) -> dict[str, Any]:
 
 def classify(exc: Exception) -> ModelError:
     if isinstance(exc, anthropic.APIStatusError):
-        retry_after = retry_after_seconds(exc.response.headers)
-        message = f"{exc.status_code}: {exc.message}"
-        if isinstance(exc, anthropic.RateLimitError):
-            return ModelError(ErrorKind.RATE_LIMITED, message, retryable=True, retry_after=retry_after)
-        if exc.status_code == 529 or isinstance(exc, anthropic.OverloadedError):
-            return ModelError(ErrorKind.OVERLOADED, message, retryable=True, retry_after=retry_after)
-        if exc.status_code >= 500 or exc.status_code == 408:
-            return ModelError(ErrorKind.REQUEST_FAILED, message, retryable=True, retry_after=retry_after)
-        if exc.status_code == 402:
-            return ModelError(ErrorKind.BILLING, message, retryable=False)
-        return ModelError(ErrorKind.REQUEST_FAILED, message, retryable=False)
-    if isinstance(exc, anthropic.APIConnectionError):
-        return ModelError(ErrorKind.REQUEST_FAILED, f"connection error: {exc}", retryable=True)
-    return ModelError(ErrorKind.REQUEST_FAILED, f"{type(exc).__name__}: {exc}", retryable=True)
+        return status_error(exc.status_code, exc.message, exc.response.headers, overloaded=(529,))
+    return other_error(exc, connection=isinstance(exc, anthropic.APIConnectionError))
 
 
 class AnthropicProvider:

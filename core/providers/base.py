@@ -88,6 +88,28 @@ class Provider(Protocol):
         ...
 
 
+def status_error(status: int, message: str, headers: Any, *, overloaded: tuple[int, ...]) -> ModelError:
+    """A provider's HTTP error as a ModelError: 429 and `overloaded` statuses, other 5xx and 408 are
+    retryable; 402 is billing; the rest (bad request, auth, not found) are terminal."""
+    retry_after = retry_after_seconds(headers)
+    text = f"{status}: {message}"
+    if status == 429:
+        return ModelError(ErrorKind.RATE_LIMITED, text, retryable=True, retry_after=retry_after)
+    if status in overloaded:
+        return ModelError(ErrorKind.OVERLOADED, text, retryable=True, retry_after=retry_after)
+    if status >= 500 or status == 408:
+        return ModelError(ErrorKind.REQUEST_FAILED, text, retryable=True, retry_after=retry_after)
+    if status == 402:
+        return ModelError(ErrorKind.BILLING, text, retryable=False)
+    return ModelError(ErrorKind.REQUEST_FAILED, text, retryable=False)
+
+
+def other_error(exc: Exception, *, connection: bool) -> ModelError:
+    """A failure before any HTTP status: connection problems and the like are retried."""
+    detail = f"connection error: {exc}" if connection else f"{type(exc).__name__}: {exc}"
+    return ModelError(ErrorKind.REQUEST_FAILED, detail, retryable=True)
+
+
 def retry_after_seconds(headers: Any) -> float | None:
     if headers is None:
         return None

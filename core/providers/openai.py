@@ -11,13 +11,13 @@ import openai
 from core.providers.base import (
     Delta,
     DeltaKind,
-    ErrorKind,
     ModelError,
     ModelRequest,
     ModelResponse,
     OnDelta,
     Usage,
-    retry_after_seconds,
+    other_error,
+    status_error,
 )
 
 FINISH_TO_STOP = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens", "content_filter": "refusal"}
@@ -109,20 +109,8 @@ def to_chat_tools(request: ModelRequest) -> list[dict[str, Any]]:
 
 def classify(exc: Exception) -> ModelError:
     if isinstance(exc, openai.APIStatusError):
-        retry_after = retry_after_seconds(exc.response.headers)
-        message = f"{exc.status_code}: {exc.message}"
-        if isinstance(exc, openai.RateLimitError):
-            return ModelError(ErrorKind.RATE_LIMITED, message, retryable=True, retry_after=retry_after)
-        if exc.status_code in (503, 529):
-            return ModelError(ErrorKind.OVERLOADED, message, retryable=True, retry_after=retry_after)
-        if exc.status_code >= 500 or exc.status_code == 408:
-            return ModelError(ErrorKind.REQUEST_FAILED, message, retryable=True, retry_after=retry_after)
-        if exc.status_code == 402:
-            return ModelError(ErrorKind.BILLING, message, retryable=False)
-        return ModelError(ErrorKind.REQUEST_FAILED, message, retryable=False)
-    if isinstance(exc, openai.APIConnectionError):
-        return ModelError(ErrorKind.REQUEST_FAILED, f"connection error: {exc}", retryable=True)
-    return ModelError(ErrorKind.REQUEST_FAILED, f"{type(exc).__name__}: {exc}", retryable=True)
+        return status_error(exc.status_code, exc.message, exc.response.headers, overloaded=(503, 529))
+    return other_error(exc, connection=isinstance(exc, openai.APIConnectionError))
 
 
 class OpenAIProvider:
