@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from adapters.slack import SLACK, SLACK_EVENTS_PATH, SlackAdapter, SlackSettings
 from bot.config import Settings
 from core.api import events, resources
 from core.api.http import KEYS, api_middleware, json_response
@@ -64,6 +65,30 @@ def build_runner(settings: Settings, platform: Platform, http: aiohttp.ClientSes
     )
 
 
+def mount_slack(app: web.Application, settings: Settings, platform: Platform) -> SlackAdapter | None:
+    """The Slack adapter, when SLACK_BOT_TOKEN is set: events at POST /slack/events (with a
+    signing secret) and/or Socket Mode (with an app token)."""
+    if settings.slack_bot_token is None:
+        return None
+    slack = SlackAdapter(
+        platform,
+        SlackSettings(
+            bot_token=settings.slack_bot_token.get_secret_value(),
+            signing_secret=_secret(settings.slack_signing_secret),
+            app_token=_secret(settings.slack_app_token),
+            api_url=settings.slack_api_url,
+            agent=settings.slack_agent,
+            environment=settings.slack_environment,
+            streaming=settings.slack_streaming,
+            min_edit_seconds=settings.slack_min_edit_seconds,
+        ),
+    )
+    app[SLACK] = slack
+    if settings.slack_signing_secret is not None:
+        app.router.add_post(SLACK_EVENTS_PATH, slack.handle)
+    return slack
+
+
 def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.Application:
     app = web.Application(middlewares=[api_middleware], client_max_size=settings.max_body_bytes)
     platform = Platform.build(
@@ -77,6 +102,7 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
     app.router.add_get("/health", health)
     app.router.add_routes(resources.routes)
     app.router.add_routes(events.routes)
+    slack = mount_slack(app, settings, platform)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ensure_tenant(platform.db, DEFAULT_TENANT)
@@ -91,12 +117,16 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
             )
             sys.stdout.flush()
         await platform.start()
+        if slack is not None:
+            await slack.start()
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         runner = None
         if settings.runner_enabled:
             runner = platform.runner = build_runner(settings, platform, http)
             await runner.start()
         yield
+        if slack is not None:
+            await slack.stop()
         if runner is not None:
             await runner.stop()
             await runner.sandboxes.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -71,6 +71,39 @@ class Settings(BaseSettings):
     sandbox_runtime: str = Field(
         default="local-subprocess", validation_alias=_env("SANDBOX_RUNTIME", "OMA_SANDBOX_RUNTIME")
     )
+
+    # --- Slack (adapters/slack.py; the app manifest is manifests/slack/manifest.json) ---
+    slack_bot_token: SecretStr | None = Field(
+        default=None, validation_alias=_env("SLACK_BOT_TOKEN", "OMA_SLACK_BOT_TOKEN")
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        default=None, validation_alias=_env("SLACK_SIGNING_SECRET", "OMA_SLACK_SIGNING_SECRET")
+    )
+    # Socket Mode instead of (or besides) the public POST /slack/events: an app-level `xapp-` token.
+    slack_app_token: SecretStr | None = Field(
+        default=None, validation_alias=_env("SLACK_APP_TOKEN", "OMA_SLACK_APP_TOKEN")
+    )
+    slack_api_url: str | None = Field(default=None, validation_alias=_env("SLACK_API_URL", "OMA_SLACK_API_URL"))
+    # Who answers: an agent id, and an environment id (unset: one named "slack", created on first use).
+    slack_agent: str | None = None
+    slack_environment: str | None = None
+    slack_streaming: bool = True
+    slack_min_edit_seconds: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_slack(self) -> Settings:
+        if self.slack_bot_token is None:
+            if self.slack_signing_secret is not None or self.slack_app_token is not None:
+                raise ValueError("SLACK_SIGNING_SECRET/SLACK_APP_TOKEN are set but SLACK_BOT_TOKEN is not")
+            return self
+        if self.slack_signing_secret is None and self.slack_app_token is None:
+            raise ValueError(
+                "SLACK_BOT_TOKEN is set: also set SLACK_SIGNING_SECRET (events at POST /slack/events) "
+                "or SLACK_APP_TOKEN (Socket Mode)"
+            )
+        if self.slack_api_url is not None and not self.slack_api_url.startswith(("http://", "https://")):
+            raise ValueError("SLACK_API_URL must be an http(s) URL, e.g. https://slack.com/api/")
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -162,6 +162,69 @@ session_events = Table(
     ),
 )
 
+# --- workspace adapters (adapters/base.py): shared by every platform ------------------------------
+
+# Inbound dedup: delivery keys seen (Slack event_id, GitHub X-GitHub-Delivery, …), kept until the
+# platform's retry window has passed.
+adapter_deliveries = Table(
+    "adapter_deliveries",
+    metadata,
+    Column("platform", String(32), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("ix_adapter_deliveries_expires", "expires_at"),
+)
+
+# Accepted deliveries waiting to become user events: written before the webhook is answered,
+# deleted in the transaction that appends their events, so each is appended exactly once.
+adapter_inbox = Table(
+    "adapter_inbox",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("platform", String(32), nullable=False),
+    Column("binding_key", String(255), nullable=False),
+    Column("payload", JSONType, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("claimed_by", String(64)),
+    Column("claimed_until", BigInteger),
+    Index("ix_adapter_inbox_platform_created", "platform", "created_at"),
+)
+
+# Which agent and environment answer in which workspace (a Slack team, a GitHub installation, …).
+adapter_installations = Table(
+    "adapter_installations",
+    metadata,
+    Column("platform", String(32), primary_key=True),
+    Column("workspace", String(255), primary_key=True),
+    Column("tenant_id", String(40), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("agent_id", String(40), nullable=False),
+    Column("environment_id", String(40), nullable=False),
+    Column("config", JSONType, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# A platform conversation (a Slack thread, a GitHub issue, …) bound to a session, with its reply
+# outbox: every event up to `delivered_seq` has reached the platform; `outbox` is the adapter's
+# delivery state (the platform ids it created, a call in flight). Both advance only after the
+# platform accepted a call, under the pump's lease.
+adapter_bindings = Table(
+    "adapter_bindings",
+    metadata,
+    Column("platform", String(32), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("tenant_id", String(40), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("session_id", String(40), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("address", JSONType, nullable=False),
+    Column("delivered_seq", BigInteger, nullable=False),
+    Column("outbox", JSONType, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", BigInteger),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_adapter_bindings_session", "session_id"),
+)
+
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()

@@ -33,7 +33,8 @@ M = TypeVar("M", bound=BaseModel)
 REQUEST_ID = web.RequestKey("request_id", str)
 TENANT = web.RequestKey("tenant_id", str)
 KEYS: web.AppKey[KeyResolver] = web.AppKey("keys", KeyResolver)
-PUBLIC_PATHS = frozenset({"/", "/health", "/healthz"})
+# Webhooks authenticate with the platform's signature instead of an API key.
+PUBLIC_PATHS = frozenset({"/", "/health", "/healthz", "/slack/events"})
 
 
 def new_request_id() -> str:

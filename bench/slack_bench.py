@@ -1,0 +1,181 @@
+"""Slack adapter latencies, in one process on loopback: the server (runner on), the fake model and
+the fake Slack Web API.
+
+    .venv/bin/python bench/slack_bench.py                  # 200 mentions, SQLite in a temp dir
+    .venv/bin/python bench/slack_bench.py --mentions 50 --database-url postgresql://postgres@127.0.0.1:5432/postgres
+
+Prints, and checks against the targets of issue 6:
+  ack    time from sending a signed delivery to its HTTP response     (p99 ≤ 50 ms)
+  reply  time from the final agent.message being written to the call
+         that shows it on the fake Slack                              (p50 ≤ 100 ms)
+Exit status 1 when a target is missed. Deliveries go out one at a time, a few milliseconds apart,
+each a mention in a new thread, so each starts a session that runs while later ones arrive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from adapters.base import Route  # noqa: E402
+from adapters.slack import SLACK  # noqa: E402
+from bot.app import create_app  # noqa: E402
+from bot.config import Settings  # noqa: E402
+from core import schemas  # noqa: E402
+from core.db import session_events  # noqa: E402
+from core.fakes.model_server import FakeModelServer  # noqa: E402
+from core.fakes.slack_api import FakeSlack, sign  # noqa: E402
+from core.keys import DEFAULT_TENANT  # noqa: E402
+from core.migrate import upgrade  # noqa: E402
+from core.platform import PLATFORM  # noqa: E402
+
+SECRET = "bench-signing-secret"
+ACK_P99_MS = 50.0
+REPLY_P50_MS = 100.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def run(mentions: int, database_url: str, wait_seconds: float) -> bool:
+    model, slack = FakeModelServer(), FakeSlack()
+    await model.start()
+    await slack.start()
+    data = Path(tempfile.mkdtemp(prefix="oma-slack-bench-"))
+    settings = Settings(
+        database_url=database_url,
+        api_key=None,
+        anthropic_api_key="sk-bench",
+        anthropic_base_url=model.url,
+        slack_bot_token=slack.bot_token,
+        slack_signing_secret=SECRET,
+        slack_api_url=slack.api_url,
+        data_dir=data,
+    )
+    await asyncio.to_thread(upgrade, settings.database_url)
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    platform = app[PLATFORM]
+    try:
+        agent = await platform.agents.create(DEFAULT_TENANT, schemas.AgentCreate(name="bench", model="claude-sonnet-5"))
+        env = await platform.environments.create(DEFAULT_TENANT, schemas.EnvironmentCreate(name="bench"))
+        team = "TBENCH" + secrets.token_hex(3).upper()
+        await app[SLACK].worker.store.install(team, Route(DEFAULT_TENANT, agent["id"], env["id"]))
+        acks: list[float] = []
+        threads: dict[str, str] = {}
+        async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
+            # Mention -1 warms up (lazy imports, the first model client, auth.test) and is not counted.
+            for index in range(-1, mentions):
+                channel = "CBENCH"
+                ts = slack.add_message(channel, f"<@{slack.bot_user_id}> question {index}", user="U0BENCH01")
+                body = json.dumps(
+                    {
+                        "type": "event_callback",
+                        "team_id": team,
+                        "api_app_id": "A0BENCH",
+                        "event_id": f"Ev{secrets.token_hex(6).upper()}",
+                        "event_time": int(time.time()),
+                        "event": {
+                            "type": "app_mention",
+                            "user": "U0BENCH01",
+                            "text": f"<@{slack.bot_user_id}> question {index}",
+                            "ts": ts,
+                            "channel": channel,
+                            "event_ts": ts,
+                        },
+                    }
+                ).encode()
+                headers = {**sign(SECRET, body), "Content-Type": "application/json"}
+                started = time.perf_counter()
+                async with http.post("/slack/events", data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"delivery {index} answered {response.status}")
+                if index < 0:
+                    await asyncio.wait_for(slack.wait_for("chat.stopStream"), wait_seconds)
+                    continue
+                acks.append((time.perf_counter() - started) * 1000)
+                threads[ts] = f"echo: <@U0BENCH01>: question {index}"
+                await asyncio.sleep(0.005)
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            stopped = {c.params.get("ts") for c in slack.calls_of("chat.stopStream")}
+            if len(stopped) >= mentions + 1:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise RuntimeError("not every mention was answered in time")
+        replies = await reply_latencies(platform, slack, threads)
+    finally:
+        await runner.cleanup()
+        await slack.stop()
+        await model.stop()
+    ack_p50, ack_p99 = statistics.median(acks), percentile(acks, 0.99)
+    reply_p50, reply_p99 = statistics.median(replies), percentile(replies, 0.99)
+    print(f"{'':8}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}   target")
+    print(f"{'ack':8}{ack_p50:>10.1f}{ack_p99:>10.1f}{max(acks):>10.1f}   p99 ≤ {ACK_P99_MS:g}")
+    print(f"{'reply':8}{reply_p50:>10.1f}{reply_p99:>10.1f}{max(replies):>10.1f}   p50 ≤ {REPLY_P50_MS:g}")
+    print(f"({mentions} mentions; Slack calls: {dict(slack.counts())})")
+    return ack_p99 <= ACK_P99_MS and reply_p50 <= REPLY_P50_MS
+
+
+async def reply_latencies(platform: Any, slack: FakeSlack, threads: dict[str, str]) -> list[float]:
+    """Per thread: the wall-clock time of the call that first carried the answer's text, minus the
+    time its agent.message was written."""
+    from sqlalchemy import select
+
+    async with platform.db.read() as conn:
+        rows = (
+            await conn.execute(
+                select(session_events.c.payload, session_events.c.created_at).where(
+                    session_events.c.type == "agent.message"
+                )
+            )
+        ).all()
+    written = {r.payload["content"][0]["text"]: r.created_at / 1e6 for r in rows}
+    shown: dict[str, float] = {}
+    for call in slack.calls:
+        for chunk in call.params.get("chunks") or []:
+            said = chunk.get("text", "")
+            if chunk.get("type") == "markdown_text" and said in written and said not in shown:
+                shown[said] = call.wall
+    return [(shown[t] - written[t]) * 1000 for t in threads.values() if t in shown and t in written]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mentions", type=int, default=200)
+    parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args()
+    url = args.database_url or f"sqlite:///{tempfile.mkdtemp(prefix='oma-slack-bench-')}/oma.db"
+    database_url = Settings(database_url=url).database_url
+    ok = False
+    with contextlib.suppress(KeyboardInterrupt):
+        ok = asyncio.run(run(args.mentions, database_url, args.timeout))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
