@@ -245,15 +245,6 @@ class AdapterStore:
 
         return await self.db.run_read(read)
 
-    async def bindings_of(self, session_id: str) -> list[Binding]:
-        async with self.db.read() as conn:
-            rows = await conn.execute(
-                select(adapter_bindings).where(
-                    adapter_bindings.c.platform == self.name, adapter_bindings.c.session_id == session_id
-                )
-            )
-            return [_binding(r) for r in rows]
-
     async def bind(self, key: str, tenant_id: str, session_id: str, address: dict[str, Any]) -> Binding:
         """Bind the conversation to a new session. If another process bound it first, theirs wins."""
         now = now_us()
@@ -641,9 +632,6 @@ class AdapterWorker:
 
     # --- reply pump ----------------------------------------------------------------------------
 
-    def poke(self) -> None:
-        self.platform.bus.notify(WORK)
-
     async def _pump_loop(self) -> None:
         while not self._stopping:
             seen = self.platform.bus.generation(WORK)
@@ -688,7 +676,7 @@ class AdapterWorker:
             idle_since: float | None = None
             while not self._stopping:
                 binding = await self.store.binding(key)
-                if binding is None or binding.session_id is None:
+                if binding is None:
                     return
                 seen = bus.generation(binding.session_id)
                 session_id, after = binding.session_id, binding.delivered_seq

@@ -238,23 +238,40 @@ class Workspace:
         return wait_for(lambda: len(self.calls(method)) >= count and self.calls(method), f"{count} calls of {method}")
 
     def wait_idle_delivered(self) -> None:
-        """Every session of this workspace idle, and every binding's outbox caught up."""
+        """Nothing left anywhere for this workspace: no delivery in the inbox, no user event
+        waiting for the runner, every session idle, every binding's outbox caught up."""
 
         async def caught_up() -> bool:
             from sqlalchemy import select
 
-            from core.db import adapter_bindings, adapter_inbox, sessions
+            from core.db import adapter_bindings, adapter_inbox, session_events, sessions
 
             async with self.server.platform.db.read() as conn:
                 inbox = (await conn.execute(select(adapter_inbox.c.id))).all()
-                rows = (
+                mine = select(sessions.c.id).where(sessions.c.tenant_id == self.tenant_id)
+                queued = (
                     await conn.execute(
-                        select(sessions.c.status, sessions.c.last_seq, adapter_bindings.c.delivered_seq)
-                        .select_from(adapter_bindings.join(sessions, sessions.c.id == adapter_bindings.c.session_id))
-                        .where(adapter_bindings.c.tenant_id == self.tenant_id)
+                        select(session_events.c.seq).where(
+                            session_events.c.session_id.in_(mine), session_events.c.processed_at.is_(None)
+                        )
                     )
                 ).all()
-            return not inbox and all(r.status == "idle" and r.delivered_seq == r.last_seq for r in rows)
+                busy = (
+                    await conn.execute(
+                        select(sessions.c.id).where(sessions.c.tenant_id == self.tenant_id, sessions.c.status != "idle")
+                    )
+                ).all()
+                behind = (
+                    await conn.execute(
+                        select(adapter_bindings.c.key)
+                        .select_from(adapter_bindings.join(sessions, sessions.c.id == adapter_bindings.c.session_id))
+                        .where(
+                            adapter_bindings.c.tenant_id == self.tenant_id,
+                            adapter_bindings.c.delivered_seq < sessions.c.last_seq,
+                        )
+                    )
+                ).all()
+            return not (inbox or queued or busy or behind)
 
         wait_for(lambda: self.server.call(caught_up), "sessions idle and delivered")
 
@@ -520,6 +537,25 @@ def test_a_lost_response_is_settled_without_posting_twice(ws: Workspace) -> None
     assert [m.text for m in ws.bot_messages(body["event"]["ts"])] == ["Exactly one copy."]
     assert ws.counts()["chat.startStream"] == 1
     assert ws.counts()["conversations.replies"] >= 1
+
+
+def test_an_append_in_doubt_is_repaired_not_repeated(ws: Workspace) -> None:
+    """An append whose response never came may or may not have landed: the stream is closed and
+    the whole text set with chat.update, so the reply reads right either way."""
+    ws.install()
+    ws.slack.drop("chat.appendStream")
+    script(ws, "Part one.", tool_use={"name": "bash", "input": {"command": "echo checked"}})
+    script(ws, "Part two.")
+    body = ws.mention_body("two parts please")
+    ws.event(body)
+    ws.wait_idle_delivered()
+    (reply,) = ws.bot_messages(body["event"]["ts"])
+    assert reply.text == "Part one.\n\nPart two." and not reply.streaming
+    assert "✅ bash: echo checked" in json.dumps(reply.blocks, ensure_ascii=False)
+    assert "oma_stop" not in json.dumps(reply.blocks)
+    counts = ws.counts()
+    assert counts["chat.startStream"] == 1 and counts["chat.appendStream"] == 1 and counts["chat.update"] >= 1
+    assert counts["chat.postMessage"] == 0
 
 
 def test_first_mention_in_an_existing_thread_gets_its_history(ws: Workspace) -> None:
