@@ -2,7 +2,9 @@
 the fake Slack Web API.
 
     .venv/bin/python bench/slack_bench.py                  # 200 mentions, SQLite in a temp dir
-    .venv/bin/python bench/slack_bench.py --mentions 50 --database-url postgresql://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python bench/slack_bench.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+
+(with a PostgreSQL URL the run gets a fresh database on that server, dropped afterwards)
 
 Prints, and checks against the targets of issue 6:
   ack    time from sending a signed delivery to its HTTP response     (p99 ≤ 50 ms)
@@ -23,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,16 +166,40 @@ async def reply_latencies(platform: Any, slack: FakeSlack, threads: dict[str, st
     return [(shown[t] - written[t]) * 1000 for t in threads.values() if t in shown and t in written]
 
 
+@contextlib.contextmanager
+def fresh_database(url: str | None) -> Iterator[str]:
+    """SQLite in a temp dir; with a PostgreSQL URL, a new `oma_bench_*` database on that server,
+    dropped afterwards (the server's own database is never written to)."""
+    if url is None:
+        yield Settings(database_url=f"sqlite:///{tempfile.mkdtemp(prefix='oma-slack-bench-')}/oma.db").database_url
+        return
+    import asyncpg
+
+    dsn = Settings(database_url=url).database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    name = "oma_bench_" + secrets.token_hex(5)
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield Settings(database_url=dsn.rsplit("/", 1)[0] + "/" + name).database_url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mentions", type=int, default=200)
-    parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
+    parser.add_argument("--database-url", default=None, help="a PostgreSQL server to use (default: SQLite)")
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
-    url = args.database_url or f"sqlite:///{tempfile.mkdtemp(prefix='oma-slack-bench-')}/oma.db"
-    database_url = Settings(database_url=url).database_url
     ok = False
-    with contextlib.suppress(KeyboardInterrupt):
+    with fresh_database(args.database_url) as database_url, contextlib.suppress(KeyboardInterrupt):
         ok = asyncio.run(run(args.mentions, database_url, args.timeout))
     sys.exit(0 if ok else 1)
 
