@@ -1,5 +1,5 @@
-"""Slack adapter latencies, in one process on loopback: the server (runner on), the fake model and
-the fake Slack Web API.
+"""Slack adapter latencies on loopback: `oma serve` (runner on) in its own process, the fake model
+and the fake Slack Web API in this one.
 
     .venv/bin/python bench/slack_bench.py                  # 200 mentions, SQLite in a temp dir
     .venv/bin/python bench/slack_bench.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
@@ -10,7 +10,7 @@ Prints, and checks against the targets of issue 6:
   ack    time from sending a signed delivery to its HTTP response     (p99 ≤ 50 ms)
   reply  time from the final agent.message being written to the call
          that shows it on the fake Slack                              (p50 ≤ 100 ms)
-Exit status 1 when a target is missed. Deliveries go out one at a time, a few milliseconds apart,
+Exit status 1 when a target is missed. Deliveries go out one at a time at `--rate` per second,
 each a mention in a new thread, so each starts a session that runs while later ones arrive.
 """
 
@@ -20,8 +20,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import secrets
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,22 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters.base import Route  # noqa: E402
-from adapters.slack import SLACK  # noqa: E402
-from bot.app import create_app  # noqa: E402
+from adapters.base import AdapterStore, Route  # noqa: E402
 from bot.config import Settings  # noqa: E402
-from core import schemas  # noqa: E402
 from core.db import session_events  # noqa: E402
 from core.fakes.model_server import FakeModelServer  # noqa: E402
 from core.fakes.slack_api import FakeSlack, sign  # noqa: E402
 from core.keys import DEFAULT_TENANT  # noqa: E402
 from core.migrate import upgrade  # noqa: E402
-from core.platform import PLATFORM  # noqa: E402
+from core.platform import Platform  # noqa: E402
 
 SECRET = "bench-signing-secret"
 ACK_P99_MS = 50.0
@@ -57,37 +57,94 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-async def run(mentions: int, database_url: str, wait_seconds: float) -> bool:
+class Server:
+    """`oma serve` in its own process (so the client and the fakes do not share its event loop)."""
+
+    def __init__(self, database_url: str, workdir: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "server.log"
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(("OMA_", "SLACK_", "ANTHROPIC_"))}
+        environment.update(
+            OMA_DATABASE_URL=database_url,
+            OMA_DATA_DIR=str(workdir / "data"),
+            OMA_LOG_LEVEL="WARNING",
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=str(ROOT),
+            **env,
+        )
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(ROOT / ".venv" / "bin" / "oma"), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=workdir,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    async def healthy(self, wait_seconds: float = 60.0) -> None:
+        deadline = time.monotonic() + wait_seconds
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the server exited: {self.log_path.read_text()[-2000:]}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(self.url + "/health") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+        raise RuntimeError("the server did not become healthy")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def run(mentions: int, rate: float, database_url: str, wait_seconds: float) -> bool:
     model, slack = FakeModelServer(), FakeSlack()
     await model.start()
     await slack.start()
-    data = Path(tempfile.mkdtemp(prefix="oma-slack-bench-"))
-    settings = Settings(
-        database_url=database_url,
-        api_key=None,
-        anthropic_api_key="sk-bench",
-        anthropic_base_url=model.url,
-        slack_bot_token=slack.bot_token,
-        slack_signing_secret=SECRET,
-        slack_api_url=slack.api_url,
-        data_dir=data,
+    workdir = Path(tempfile.mkdtemp(prefix="oma-slack-bench-"))
+    api_key = "oma_bench_" + secrets.token_hex(16)
+    await asyncio.to_thread(upgrade, database_url)
+    server = Server(
+        database_url,
+        workdir,
+        {
+            "OMA_API_KEY": api_key,
+            "ANTHROPIC_API_KEY": "sk-bench",
+            "ANTHROPIC_BASE_URL": model.url,
+            "SLACK_BOT_TOKEN": slack.bot_token,
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": slack.api_url,
+        },
     )
-    await asyncio.to_thread(upgrade, settings.database_url)
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    platform = app[PLATFORM]
+    platform = Platform.build(database_url, bootstrap_key=None)
     try:
-        agent = await platform.agents.create(DEFAULT_TENANT, schemas.AgentCreate(name="bench", model="claude-sonnet-5"))
-        env = await platform.environments.create(DEFAULT_TENANT, schemas.EnvironmentCreate(name="bench"))
+        await server.healthy()
         team = "TBENCH" + secrets.token_hex(3).upper()
-        await app[SLACK].worker.store.install(team, Route(DEFAULT_TENANT, agent["id"], env["id"]))
+        auth = {"x-api-key": api_key}
+        async with aiohttp.ClientSession(server.url, headers=auth) as api:
+            async with api.post("/v1/agents", json={"name": "bench", "model": "claude-sonnet-5"}) as response:
+                agent_id = (await response.json())["id"]
+            async with api.post("/v1/environments", json={"name": "bench"}) as response:
+                environment_id = (await response.json())["id"]
+        await AdapterStore(platform, "slack").install(team, Route(DEFAULT_TENANT, agent_id, environment_id))
         acks: list[float] = []
         threads: dict[str, str] = {}
-        async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
+        async with aiohttp.ClientSession(server.url) as http:
             # Mention -1 warms up (lazy imports, the first model client, auth.test) and is not counted.
             for index in range(-1, mentions):
                 channel = "CBENCH"
@@ -120,18 +177,12 @@ async def run(mentions: int, database_url: str, wait_seconds: float) -> bool:
                     continue
                 acks.append((time.perf_counter() - started) * 1000)
                 threads[ts] = f"echo: <@U0BENCH01>: question {index}"
-                await asyncio.sleep(0.005)
-        deadline = time.monotonic() + wait_seconds
-        while time.monotonic() < deadline:
-            stopped = {c.params.get("ts") for c in slack.calls_of("chat.stopStream")}
-            if len(stopped) >= mentions + 1:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise RuntimeError("not every mention was answered in time")
+                await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - started)))
+        await asyncio.wait_for(slack.wait_for("chat.stopStream", mentions + 1), wait_seconds)
         replies = await reply_latencies(platform, slack, threads)
     finally:
-        await runner.cleanup()
+        server.stop()
+        await platform.close()
         await slack.stop()
         await model.stop()
     ack_p50, ack_p99 = statistics.median(acks), percentile(acks, 0.99)
@@ -139,7 +190,7 @@ async def run(mentions: int, database_url: str, wait_seconds: float) -> bool:
     print(f"{'':8}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}   target")
     print(f"{'ack':8}{ack_p50:>10.1f}{ack_p99:>10.1f}{max(acks):>10.1f}   p99 ≤ {ACK_P99_MS:g}")
     print(f"{'reply':8}{reply_p50:>10.1f}{reply_p99:>10.1f}{max(replies):>10.1f}   p50 ≤ {REPLY_P50_MS:g}")
-    print(f"({mentions} mentions; Slack calls: {dict(slack.counts())})")
+    print(f"({mentions} mentions at {rate:g}/s; Slack calls: {dict(slack.counts())})")
     return ack_p99 <= ACK_P99_MS and reply_p50 <= REPLY_P50_MS
 
 
@@ -195,12 +246,13 @@ def fresh_database(url: str | None) -> Iterator[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mentions", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=10.0, help="mentions per second (each starts a session)")
     parser.add_argument("--database-url", default=None, help="a PostgreSQL server to use (default: SQLite)")
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
     ok = False
     with fresh_database(args.database_url) as database_url, contextlib.suppress(KeyboardInterrupt):
-        ok = asyncio.run(run(args.mentions, database_url, args.timeout))
+        ok = asyncio.run(run(args.mentions, args.rate, database_url, args.timeout))
     sys.exit(0 if ok else 1)
 
 

@@ -1,5 +1,5 @@
 """Slack end to end: a real server (runner on) gets signed deliveries built from the fixtures in
-shared/fixtures/slack, the fake model answers, and the real slack_sdk client talks to a fake
+tests/fixtures/slack, the fake model answers, and the real slack_sdk client talks to a fake
 Slack Web API (core/fakes/slack_api.py). Every test works in its own workspace (team id) and
 channel, so the tests share servers and still see only their own calls."""
 
@@ -31,7 +31,8 @@ from tests.servers import LoopThread, ServerThread, database_url, make_settings
 
 T = TypeVar("T")
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "slack"
+# Real Slack payloads (copied from the project's shared fixtures).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slack"
 DEADLINE = 20.0
 
 
