@@ -163,13 +163,14 @@ class SlackReplies:
             log.warning("slack: a call for %s had an unknown outcome (%s); settling it", key, exc)
             return float(min(30, 2 ** (failures - 1)))
         except Rejected as exc:
-            # Slack refuses what this event needs (channel gone, bot removed, …): nothing will
-            # change that, so the events up to here are given up instead of retried forever.
-            log.warning("slack: %s refused in %s: %s; skipping", key, p.channel, exc.error)
+            # Slack refuses what this event needs (channel gone, bot removed, …): retrying will
+            # not change that, so this one event is given up and the next ones are tried.
+            failed = next((e.seq for e in d.events if e.seq > p.done), p.done)
+            log.warning("slack: %s refused in %s (%s); skipping event %d", key, p.channel, exc.error, failed)
             p.st["pending"] = None
-            p.done = d.events[-1].seq if d.events else p.done
+            p.done = failed
             await p.checkpoint()
-            return None
+            return 0.0
         self._failures.pop(key, None)
         return delay
 
@@ -326,8 +327,16 @@ class SlackReplies:
         target = {**after, "ts": ts, "mode": "stream"}
         p.st["pending"] = {"op": "edit", "upto": upto, "reply": target}
         await p.checkpoint()
-        for call in _calls(chunks):
-            await self._call(self.client.chat_appendStream, channel=p.channel, ts=ts, chunks=call)
+        try:
+            for call in _calls(chunks):
+                await self._call(self.client.chat_appendStream, channel=p.channel, ts=ts, chunks=call)
+        except Rejected as exc:
+            # The stream is gone (stopped by the user, timed out): the message keeps the reply,
+            # edited in place from here on.
+            log.info("slack: chat.appendStream on %s refused (%s); editing the message instead", ts, exc.error)
+            await self._repair(p, target)
+            p.st["pending"] = None
+            return
         p.st["pending"] = None
         p.st["reply"] = target
 

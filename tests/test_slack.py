@@ -540,11 +540,16 @@ def test_a_lost_response_is_settled_without_posting_twice(ws: Workspace) -> None
     assert ws.counts()["conversations.replies"] >= 1
 
 
-def test_an_append_in_doubt_is_repaired_not_repeated(ws: Workspace) -> None:
-    """An append whose response never came may or may not have landed: the stream is closed and
-    the whole text set with chat.update, so the reply reads right either way."""
+@pytest.mark.parametrize("trouble", ["response_lost", "stream_gone"])
+def test_an_append_in_doubt_is_repaired_not_repeated(ws: Workspace, trouble: str) -> None:
+    """An append whose response never came may or may not have landed, and one refused because
+    the stream is gone did not: either way the stream is closed and the whole text set with
+    chat.update, so the reply reads right."""
     ws.install()
-    ws.slack.drop("chat.appendStream")
+    if trouble == "response_lost":
+        ws.slack.drop("chat.appendStream")
+    else:
+        ws.slack.fail("chat.appendStream", status=200, error="message_not_in_streaming_state")
     script(ws, "Part one.", tool_use={"name": "bash", "input": {"command": "echo checked"}})
     script(ws, "Part two.")
     body = ws.mention_body("two parts please")
