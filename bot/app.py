@@ -11,7 +11,7 @@ from aiohttp import web
 
 from adapters.slack import SLACK, SLACK_EVENTS_PATH, SlackAdapter, SlackSettings
 from bot.config import Settings
-from core.api import events, resources
+from core.api import events, resources, vaults
 from core.api.http import KEYS, api_middleware, json_response
 from core.harness.turn import HarnessSettings
 from core.keys import DEFAULT_TENANT, count_keys, create_key, ensure_tenant
@@ -19,6 +19,7 @@ from core.platform import PLATFORM, Platform
 from core.providers import Endpoint, ProviderConfig, Providers
 from core.runtime import Runner, RunnerSettings
 from core.runtime.sandboxes import SandboxPool
+from vault.keyring import KeyringFile, KeyringSource, keyring_source
 
 log = logging.getLogger("oma")
 
@@ -65,6 +66,18 @@ def build_runner(settings: Settings, platform: Platform, http: aiohttp.ClientSes
     )
 
 
+def vault_keyring(settings: Settings) -> KeyringSource:
+    """OMA_MASTER_KEY, or the keyring file in the data dir (created on first start)."""
+    source = keyring_source(_secret(settings.master_key), settings.data_dir)
+    if isinstance(source, KeyringFile) and not settings.database_url.startswith("sqlite"):
+        log.warning(
+            "OMA_MASTER_KEY is not set, so the vault's keys are in %s; every process sharing this "
+            "PostgreSQL database needs the same keys: set OMA_MASTER_KEY in production",
+            source.path,
+        )
+    return source
+
+
 def mount_slack(app: web.Application, settings: Settings, platform: Platform) -> SlackAdapter | None:
     """The Slack adapter, when SLACK_BOT_TOKEN is set: events at POST /slack/events (with a
     signing secret) and/or Socket Mode (with an app token)."""
@@ -95,6 +108,7 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
         settings.database_url,
         bootstrap_key=settings.api_key.get_secret_value() if settings.api_key else None,
         stream_ping_seconds=settings.stream_ping_seconds,
+        keyring=vault_keyring(settings),
     )
     app[PLATFORM] = platform
     app[KEYS] = platform.keys
@@ -102,10 +116,13 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
     app.router.add_get("/health", health)
     app.router.add_routes(resources.routes)
     app.router.add_routes(events.routes)
+    app.router.add_routes(vaults.routes)
     slack = mount_slack(app, settings, platform)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ensure_tenant(platform.db, DEFAULT_TENANT)
+        # Seals secrets stored before the vault; fails fast on a wrong master key.
+        await platform.vaults.startup()
         if announce_first_key and settings.api_key is None and await count_keys(platform.db) == 0:
             minted = await create_key(platform.db, "first key")
             # Shown once, on the console of whoever started the server; never logged.

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
 
     # Where sandboxes keep their workspaces (local runtimes) and other local state.
     data_dir: Path = Field(default_factory=lambda: Path.cwd() / ".oma")
+    # The vault's key: base64 of 32 random bytes (`oma vault generate-key`); several, comma-separated,
+    # while rotating (the first seals). Unset: a keyring file in data_dir, created on first start.
+    master_key: SecretStr | None = None
 
     # --- model providers (bring your own key; the usual variable names are honoured) ---
     anthropic_api_key: SecretStr | None = Field(

@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Connection,
     Engine,
@@ -133,13 +134,62 @@ sessions = Table(
 )
 
 # Secrets given with a session (repository tokens) live apart from the session row so that no
-# query that renders a session can reach them.
+# query that renders a session can reach them. `secret` is a vault envelope sealed with `key_id`
+# (core/vaults.py); rows from before the vault have key_id null until sealed at start-up.
 session_secrets = Table(
     "session_secrets",
     metadata,
     Column("session_id", String(40), ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True),
     Column("resource_id", String(40), primary_key=True),
     Column("secret", Text, nullable=False),
+    Column("key_id", String(32)),
+)
+
+# --- the vault (core/vaults.py): credentials whose secret fields are sealed (vault/keyring.py) ---
+
+vaults = Table(
+    "vaults",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("display_name", String(256), nullable=False),
+    Column("metadata", JSONType, nullable=False),
+    # Mirrors metadata "oma.tenant_default": "true" (its provider keys serve every session).
+    Column("tenant_default", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("archived_at", BigInteger),
+    Index("ix_vaults_tenant_created", "tenant_id", "created_at", "id"),
+)
+
+vault_credentials = Table(
+    "vault_credentials",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("vault_id", String(40), ForeignKey("vaults.id", ondelete="CASCADE"), nullable=False),
+    # auth.type, and what the credential is for (one active credential per identity and vault).
+    Column("kind", String(32), nullable=False),
+    Column("identity", String(128), nullable=False),
+    # The auth object as rendered: its non-secret fields only.
+    Column("auth", JSONType, nullable=False),
+    # The secret fields, sealed; null once archived (archiving purges the secret).
+    Column("secret", Text),
+    Column("key_id", String(32)),
+    Column("display_name", String(256)),
+    Column("metadata", JSONType, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("archived_at", BigInteger),
+    Index("ix_vault_credentials_vault_created", "vault_id", "created_at", "id"),
+    Index(
+        "ux_vault_credentials_active_identity",
+        "vault_id",
+        "identity",
+        unique=True,
+        sqlite_where=text("archived_at IS NULL"),
+        postgresql_where=text("archived_at IS NULL"),
+    ),
 )
 
 session_events = Table(

@@ -14,6 +14,8 @@ from core.environments import EnvironmentStore
 from core.fanout import Feeds
 from core.keys import KeyResolver
 from core.sessions import SessionStore
+from core.vaults import VaultStore
+from vault.keyring import KeyringSource, SecretBox
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Platform:
     environments: EnvironmentStore
     sessions: SessionStore
     feeds: Feeds
+    vaults: VaultStore
     stream_ping_seconds: float = 15.0
     # The in-process runner, when this process runs sessions (see bot/app.py).
     runner: Any = None
@@ -37,19 +40,29 @@ class Platform:
             self.bus.notify(key)
 
     @classmethod
-    def build(cls, database_url: str, *, bootstrap_key: str | None, stream_ping_seconds: float = 15.0) -> Platform:
+    def build(
+        cls,
+        database_url: str,
+        *,
+        bootstrap_key: str | None,
+        stream_ping_seconds: float = 15.0,
+        keyring: KeyringSource | None = None,
+    ) -> Platform:
+        """Without a `keyring`, anything that must seal or open a secret fails with VaultLocked."""
         db = Database(database_url)
         bus = Bus()
         agents = AgentStore(db)
         environments = EnvironmentStore(db)
+        vaults = VaultStore(db, SecretBox(keyring) if keyring is not None else None)
         return cls(
             db=db,
             bus=bus,
             keys=KeyResolver(db, bootstrap_key),
             agents=agents,
             environments=environments,
-            sessions=SessionStore(db, bus, agents, environments),
+            sessions=SessionStore(db, bus, agents, environments, vaults),
             feeds=Feeds(db, bus),
+            vaults=vaults,
             stream_ping_seconds=stream_ping_seconds,
         )
 

@@ -30,6 +30,7 @@ from core.environments import EnvironmentStore
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.ids import new_id, now_us, us_to_rfc3339
 from core.pagination import Page, keyset_page
+from core.vaults import VaultStore
 
 
 class SessionStatus(StrEnum):
@@ -160,11 +161,14 @@ def check_refs(conn: Connection, session_id: str, ids: list[str], types: tuple[s
 
 
 class SessionStore:
-    def __init__(self, db: Database, bus: Bus, agents: AgentStore, environments: EnvironmentStore) -> None:
+    def __init__(
+        self, db: Database, bus: Bus, agents: AgentStore, environments: EnvironmentStore, vaults: VaultStore
+    ) -> None:
         self.db = db
         self.bus = bus
         self.agents = agents
         self.environments = environments
+        self.vaults = vaults
 
     async def _row(self, conn: AsyncConnection, tenant_id: str, session_id: str, *, lock: bool = False) -> Any:
         """The session row; with `lock`, held until the transaction ends (on PostgreSQL) so that
@@ -182,8 +186,6 @@ class SessionStore:
             return render(await self._row(conn, tenant_id, session_id))
 
     async def create(self, tenant_id: str, req: schemas.SessionCreate) -> dict[str, Any]:
-        if req.vault_ids:
-            raise InvalidRequest("vault_ids: no vault with these ids exists", error_code="vault_not_found")
         ref = req.agent
         agent_id = ref if isinstance(ref, str) else ref.id
         version = None if isinstance(ref, str) else ref.version
@@ -198,6 +200,8 @@ class SessionStore:
         now = now_us()
         resources, secrets = _resolve_resources(req.resources, now)
         session_id = new_id("sesn")
+        # Repository tokens are stored sealed, bound to this tenant, session and resource.
+        sealed = [(rid, self.vaults.seal_session_secret(tenant_id, session_id, rid, s)) for rid, s in secrets]
         initial = [event_to_new(e) for e in req.initial_events]
         async with self.db.write() as conn:
             env = await self.environments.get_row(conn, tenant_id, req.environment_id)
@@ -206,6 +210,7 @@ class SessionStore:
                     f"environment {req.environment_id} is archived; new sessions cannot use it",
                     error_code="environment_archived",
                 )
+            await self.vaults.check_session_vaults(conn, tenant_id, req.vault_ids)
             await conn.execute(
                 sessions.insert().values(
                     id=session_id,
@@ -227,10 +232,13 @@ class SessionStore:
                     updated_at=now,
                 )
             )
-            if secrets:
+            if sealed:
                 await conn.execute(
                     session_secrets.insert(),
-                    [{"session_id": session_id, "resource_id": rid, "secret": s} for rid, s in secrets],
+                    [
+                        {"session_id": session_id, "resource_id": rid, "secret": s.envelope, "key_id": s.key_id}
+                        for rid, s in sealed
+                    ],
                 )
             if initial:
                 await log.append(conn, session_id, initial, postgres=not self.db.sqlite)
