@@ -63,6 +63,7 @@ def build_runner(settings: Settings, platform: Platform, http: aiohttp.ClientSes
         ),
         settings=RunnerSettings(concurrency=settings.runner_concurrency, lease_seconds=settings.lease_seconds),
         http=http,
+        vaults=platform.vaults,
     )
 
 

@@ -255,10 +255,11 @@ class DefaultHarness:
         """One model request with retries. True when the loop should go on, False to stop."""
         ctx = self.ctx
         try:
-            provider, model = ctx.providers.resolve(ctx.session.agent["model"]["id"])
+            resolved = await ctx.resolve_model(ctx.session.agent["model"]["id"])
         except ConfigError as exc:
             await self.fail_terminal(ErrorKind.REQUEST_FAILED, str(exc), state)
             return False
+        provider, model = resolved.provider, resolved.model
         # Opening events go out with the first span start, in one write, unless compaction
         # (itself a model call) must come first.
         opening: list[NewEvent] = []
@@ -277,7 +278,14 @@ class DefaultHarness:
             ]
             consumed = [s for s in queued_input if s <= conv.consumed_upto]
             *_, start = await ctx.emit(
-                [*opening, NewEvent("span.model_request_start", {"_consumed_upto": conv.consumed_upto})],
+                [
+                    *opening,
+                    NewEvent(
+                        "span.model_request_start",
+                        # Where the key came from (vault credential or settings): usage attribution.
+                        {"_consumed_upto": conv.consumed_upto, "_model_key": resolved.key_source},
+                    ),
+                ],
                 status="running" if opening else None,
                 processed=consumed,
             )

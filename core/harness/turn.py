@@ -12,10 +12,12 @@ from sqlalchemy import Connection, select, update
 
 from core import log
 from core.bus import Bus
+from core.byok import ResolvedModel, resolve_model
 from core.db import Database, session_events, sessions
 from core.log import NewEvent, StoredEvent
 from core.providers import Providers
 from core.providers.base import Usage
+from core.vaults import VaultStore
 
 T = TypeVar("T")
 
@@ -51,6 +53,8 @@ class TurnContext:
     settings: HarnessSettings
     sandbox: SandboxGetter
     http: Any = None
+    # Where model keys come from before the settings (bring-your-own-key); None: settings only.
+    vaults: VaultStore | None = None
     # Runner-provided: whether this is the first run after the session was claimed from
     # another (crashed) owner or from a restart.
     recovering: bool = False
@@ -81,6 +85,11 @@ class TurnContext:
     @property
     def status(self) -> str:
         return str(self.session.status) if self.session is not None else "idle"
+
+    async def resolve_model(self, model_id: str) -> ResolvedModel:
+        """Provider, model and key for a model call (ConfigError if there is no usable key)."""
+        vault_ids = list(self.session.vault_ids or []) if self.session is not None else []
+        return await resolve_model(self.providers, self.vaults, self.tenant_id, vault_ids, model_id)
 
     # --- writing -------------------------------------------------------------------------------
 

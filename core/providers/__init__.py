@@ -7,6 +7,7 @@ by family (`claude-*` → Anthropic, `gpt-*`/`o1`/`o3`/`o4*` → OpenAI); `demo`
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from core.errors import ConfigError
@@ -43,11 +44,14 @@ class Providers:
         self._clients: dict[tuple[str, str | None, str | None], Provider] = {}
         self._demo = DemoProvider()
 
-    def split(self, model_id: str) -> tuple[str, str]:
+    def split(self, model_id: str, *, compatible: Collection[str] = ()) -> tuple[str, str]:
+        """(provider, provider-side model). `compatible` adds gateway names (from a vault)."""
         if model_id in DEMO_IDS:
             return "demo", model_id
         prefix, slash, rest = model_id.partition("/")
-        if slash and (prefix in ("anthropic", "openai", "openrouter") or prefix in self.config.compatible):
+        if slash and (
+            prefix in ("anthropic", "openai", "openrouter") or prefix in self.config.compatible or prefix in compatible
+        ):
             return prefix, rest
         if model_id.startswith("claude"):
             return "anthropic", model_id
@@ -58,12 +62,23 @@ class Providers:
             "e.g. anthropic/claude-sonnet-5, openai/gpt-5, openrouter/<model>, or 'demo'"
         )
 
-    def resolve(self, model_id: str, *, api_key: str | None = None) -> tuple[Provider, str]:
-        """The provider and the provider-side model name. `api_key` (from a vault) beats settings."""
-        kind, model = self.split(model_id)
+    def resolve(
+        self,
+        model_id: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        compatible: Collection[str] = (),
+    ) -> tuple[Provider, str]:
+        """The provider and the provider-side model name. `api_key` and `base_url` (from a vault)
+        beat settings; `compatible` names OpenAI-compatible gateways that a vault defines."""
+        kind, model = self.split(model_id, compatible=compatible)
         if kind == "demo":
             return self._demo, model
         endpoint = self._endpoint(kind)
+        if base_url:
+            # Never the settings' key at a URL the vault chose.
+            endpoint = Endpoint(base_url, None)
         key = api_key or endpoint.api_key
         if not key:
             env = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY", "openrouter": "OPENROUTER_API_KEY"}
@@ -94,7 +109,7 @@ class Providers:
             return self.config.openai
         if kind == "openrouter":
             return self.config.openrouter
-        return self.config.compatible[kind]
+        return self.config.compatible.get(kind, Endpoint(None, None))
 
     async def close(self) -> None:
         for client in self._clients.values():

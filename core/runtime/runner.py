@@ -27,6 +27,7 @@ from core.harness.turn import HarnessSettings, TurnContext
 from core.ids import now_us
 from core.log import LeaseLost
 from core.providers import Providers
+from core.vaults import VaultStore
 
 log = logging.getLogger("oma.runner")
 
@@ -87,6 +88,7 @@ class Runner:
         settings: RunnerSettings,
         harnesses: Harnesses | None = None,
         http: Any = None,
+        vaults: VaultStore | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
@@ -96,6 +98,8 @@ class Runner:
         self.settings = settings
         self.harnesses = harnesses or Harnesses()
         self.http = http
+        # Model keys come from vaults (bring-your-own-key) before the settings.
+        self.vaults = vaults
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._main: asyncio.Task[None] | None = None
@@ -283,6 +287,7 @@ class Runner:
             settings=self.harness_settings,
             sandbox=sandbox,
             http=self.http,
+            vaults=self.vaults,
             recovering=recovering and row.status in ACTIVE,
         )
         harness = ((row.agent_body or {}).get("metadata") or {}).get("oma.harness")
