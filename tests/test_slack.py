@@ -564,6 +564,23 @@ def test_an_append_in_doubt_is_repaired_not_repeated(ws: Workspace, trouble: str
     assert counts["chat.postMessage"] == 0
 
 
+def test_a_long_answer_is_streamed_in_pieces_slack_accepts(ws: Workspace) -> None:
+    ws.install()
+    answer = " ".join(f"word{i}" for i in range(5000))  # about 39,000 characters
+    script(ws, answer)
+    body = ws.mention_body("write a lot")
+    ws.event(body)
+    ws.wait_idle_delivered()
+    (reply,) = ws.bot_messages(body["event"]["ts"])
+    assert reply.text == answer
+    sizes = [
+        sum(len(ch.get("text", "")) for ch in c.params.get("chunks") or [])
+        for c in ws.calls()
+        if c.method.startswith("chat.") and c.method.endswith("Stream")
+    ]
+    assert max(sizes) <= 12_000 and ws.counts()["chat.appendStream"] >= 3
+
+
 def test_first_mention_in_an_existing_thread_gets_its_history(ws: Workspace) -> None:
     ws.install()
     root = ws.slack.add_message(ws.channel, "The deploy failed again", user="U0ALICE01")
