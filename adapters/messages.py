@@ -48,3 +48,19 @@ NOT_CONFIGURED = (
 )
 TERMINATED = "This session has ended. Mention me again to start a new one."
 CONTINUED = "_(continued)_"
+
+# Lark/Feishu (card markdown). The turn's card: steps as lines, then the answer.
+LARK_THINKING = "_Thinking…_"
+LARK_NO_ANSWER = "_(no answer)_"
+LARK_CLIPPED = "_(earlier text clipped)_\n\n…"
+LARK_STEP = "`{tool}` {detail}"
+LARK_STEP_BARE = "`{tool}`"
+LARK_APPROVAL_ELSEWHERE = (
+    "The agent waits for approval to run `{tool}`: allow or deny it through the API (a `user.tool_confirmation` event)."
+)
+LARK_FROM_USER = "<at id={user}></at>: {text}"
+LARK_HISTORY_HEADER = "Earlier messages in this Lark thread, oldest first:"
+LARK_NOT_CONFIGURED = (
+    "No agent answers in this workspace yet. An admin sets `OMA_LARK_AGENT` (and `OMA_LARK_ENVIRONMENT`) on the server."
+)
+GH_PULL_FAILED = "I pushed my commits to `{branch}` but could not open a pull request: {detail}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -20,6 +21,9 @@ from core.providers import Endpoint, ProviderConfig, Providers
 from core.runtime import Runner, RunnerSettings
 from core.runtime.sandboxes import SandboxPool
 from vault.keyring import KeyringFile, KeyringSource, keyring_source
+
+if TYPE_CHECKING:
+    from adapters.lark import LarkAdapter
 
 log = logging.getLogger("oma")
 
@@ -103,6 +107,35 @@ def mount_slack(app: web.Application, settings: Settings, platform: Platform) ->
     return slack
 
 
+def mount_lark(app: web.Application, settings: Settings, platform: Platform) -> LarkAdapter | None:
+    """The Lark/Feishu adapter, when LARK_APP_ID is set: callbacks at POST /lark/events (with an
+    encrypt key or verification token) and/or the long connection. lark-oapi takes seconds to
+    import, so it is imported only here."""
+    if settings.lark_app_id is None or settings.lark_app_secret is None:
+        return None
+    from adapters.lark import LARK, LARK_EVENTS_PATH, LarkAdapter, LarkSettings
+
+    lark = LarkAdapter(
+        platform,
+        LarkSettings(
+            app_id=settings.lark_app_id,
+            app_secret=settings.lark_app_secret.get_secret_value(),
+            encrypt_key=_secret(settings.lark_encrypt_key),
+            verification_token=_secret(settings.lark_verification_token),
+            domain=settings.lark_domain,
+            long_connection=settings.lark_long_connection,
+            agent=settings.lark_agent,
+            environment=settings.lark_environment,
+            streaming=settings.lark_streaming,
+            min_edit_seconds=settings.lark_min_edit_seconds,
+        ),
+    )
+    app[LARK] = lark
+    if settings.lark_encrypt_key is not None or settings.lark_verification_token is not None:
+        app.router.add_post(LARK_EVENTS_PATH, lark.handle)
+    return lark
+
+
 def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.Application:
     app = web.Application(middlewares=[api_middleware], client_max_size=settings.max_body_bytes)
     platform = Platform.build(
@@ -119,6 +152,7 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
     app.router.add_routes(events.routes)
     app.router.add_routes(vaults.routes)
     slack = mount_slack(app, settings, platform)
+    lark = mount_lark(app, settings, platform)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ensure_tenant(platform.db, DEFAULT_TENANT)
@@ -137,6 +171,8 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
         await platform.start()
         if slack is not None:
             await slack.start()
+        if lark is not None:
+            await lark.start()
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         runner = None
         if settings.runner_enabled:
@@ -145,6 +181,8 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
         yield
         if slack is not None:
             await slack.stop()
+        if lark is not None:
+            await lark.stop()
         if runner is not None:
             await runner.stop()
             await runner.sandboxes.close()

@@ -93,6 +93,28 @@ class Settings(BaseSettings):
     slack_streaming: bool = True
     slack_min_edit_seconds: float = Field(default=1.0, ge=0)
 
+    # --- Lark/Feishu (adapters/lark.py; the app's configuration is in manifests/lark/) ---
+    # The app's id turns the adapter on; events come to POST /lark/events (with an encrypt key
+    # and/or a verification token) or over the long connection (OMA_LARK_LONG_CONNECTION).
+    lark_app_id: str | None = Field(default=None, validation_alias=_env("LARK_APP_ID", "OMA_LARK_APP_ID"))
+    lark_app_secret: SecretStr | None = Field(
+        default=None, validation_alias=_env("LARK_APP_SECRET", "OMA_LARK_APP_SECRET")
+    )
+    lark_encrypt_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("LARK_ENCRYPT_KEY", "OMA_LARK_ENCRYPT_KEY")
+    )
+    lark_verification_token: SecretStr | None = Field(
+        default=None, validation_alias=_env("LARK_VERIFICATION_TOKEN", "OMA_LARK_VERIFICATION_TOKEN")
+    )
+    # "feishu" (open.feishu.cn), "lark" (open.larksuite.com), or a base URL.
+    lark_domain: str = Field(default="feishu", validation_alias=_env("LARK_DOMAIN", "OMA_LARK_DOMAIN"))
+    lark_long_connection: bool = False
+    # Who answers: an agent id, and an environment id (unset: one named "lark", created on first use).
+    lark_agent: str | None = None
+    lark_environment: str | None = None
+    lark_streaming: bool = True
+    lark_min_edit_seconds: float = Field(default=0.5, ge=0)
+
     @model_validator(mode="after")
     def _check_slack(self) -> Settings:
         if self.slack_bot_token is None:
@@ -106,6 +128,25 @@ class Settings(BaseSettings):
             )
         if self.slack_api_url is not None and not self.slack_api_url.startswith(("http://", "https://")):
             raise ValueError("SLACK_API_URL must be an http(s) URL, e.g. https://slack.com/api/")
+        return self
+
+    @model_validator(mode="after")
+    def _check_lark(self) -> Settings:
+        secrets = (self.lark_app_secret, self.lark_encrypt_key, self.lark_verification_token)
+        if self.lark_app_id is None:
+            if any(s is not None for s in secrets) or self.lark_long_connection:
+                raise ValueError("LARK_* settings are given but LARK_APP_ID is not")
+            return self
+        if self.lark_app_secret is None:
+            raise ValueError("LARK_APP_ID is set: also set LARK_APP_SECRET")
+        if not self.lark_long_connection and self.lark_encrypt_key is None and self.lark_verification_token is None:
+            raise ValueError(
+                "LARK_APP_ID is set: also set LARK_ENCRYPT_KEY and/or LARK_VERIFICATION_TOKEN (events at "
+                "POST /lark/events), or OMA_LARK_LONG_CONNECTION=true"
+            )
+        domain = self.lark_domain.strip().lower()
+        if domain not in ("feishu", "lark") and not domain.startswith(("http://", "https://")):
+            raise ValueError("LARK_DOMAIN must be feishu, lark, or a base URL such as https://open.feishu.cn")
         return self
 
     @field_validator("database_url")

@@ -34,7 +34,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 TENANT = web.RequestKey("tenant_id", str)
 KEYS: web.AppKey[KeyResolver] = web.AppKey("keys", KeyResolver)
 # Webhooks authenticate with the platform's signature instead of an API key.
-PUBLIC_PATHS = frozenset({"/", "/health", "/healthz", "/slack/events"})
+PUBLIC_PATHS = frozenset({"/", "/health", "/healthz", "/slack/events", "/lark/events"})
 
 
 def new_request_id() -> str:
