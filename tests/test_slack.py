@@ -707,3 +707,66 @@ def test_dedup_keys_expire(server: ServerThread) -> None:
     expired = "event:" + secrets.token_hex(6)
     assert server.call(lambda: db.run_write(lambda c: remember_sync(c, "unit", [expired], -1, postgres=not db.sqlite)))
     assert server.call(lambda: db.run_write(lambda c: remember_sync(c, "unit", [expired], 60, postgres=not db.sqlite)))
+
+
+class _Delivery:
+    """Stands in for adapters.base.Delivery: the outbox lives in memory."""
+
+    def __init__(self, binding: Any, events: list[Any]) -> None:
+        self.binding, self.events = binding, events
+
+    @property
+    def outbox(self) -> dict[str, Any]:
+        return self.binding.outbox
+
+    async def save(self, outbox: dict[str, Any]) -> None:
+        await self.commit(self.binding.delivered_seq, outbox)
+
+    async def commit(self, delivered_seq: int, outbox: dict[str, Any]) -> None:
+        self.binding.delivered_seq, self.binding.outbox = delivered_seq, copy.deepcopy(outbox)
+
+
+def test_updates_within_the_edit_interval_are_coalesced(loop: LoopThread, slack: FakeSlack) -> None:
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from adapters.base import Binding
+    from adapters.slack_reply import SlackReplies
+    from core.log import StoredEvent
+
+    channel = "C" + secrets.token_hex(4).upper()
+    thread = slack.add_message(channel, "go", user="U061F7AUR")
+    binding = Binding(
+        "slack",
+        f"T1:{channel}:{thread}",
+        "t",
+        "s",
+        {"team": "T1", "channel": channel, "thread_ts": thread, "user": "U061F7AUR"},
+        0,
+        {},
+    )
+    seq = iter(range(1, 100))
+
+    def message(said: str) -> StoredEvent:
+        return StoredEvent(
+            "s", next(seq), secrets.token_hex(4), "agent.message", {"content": [{"type": "text", "text": said}]}, 0, 0
+        )
+
+    async def scenario() -> list[float | None]:
+        client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url, retry_handlers=[])
+        replies = SlackReplies(client, min_edit_seconds=30)
+        one, two, three = message("one"), message("two"), message("three")
+        waits = [await replies.deliver(_Delivery(binding, [one]))]  # creates the stream
+        waits.append(await replies.deliver(_Delivery(binding, [two])))  # too soon: waits, sends nothing
+        replies._next_edit.clear()  # the interval has passed: both go in one call
+        waits.append(await replies.deliver(_Delivery(binding, [two, three])))
+        return waits
+
+    first, second, third = loop.call(scenario)
+    assert first is None and second is not None and 29 < second <= 30 and third is None
+    calls = [c for c in slack.calls if c.params.get("channel") == channel]
+    assert [c.method for c in calls] == ["chat.startStream", "chat.appendStream"]
+    assert calls[1].params["chunks"] == [
+        {"type": "markdown_text", "text": "\n\ntwo"},
+        {"type": "markdown_text", "text": "\n\nthree"},
+    ]
+    assert binding.delivered_seq == 3 and slack.bot_messages(channel, thread)[0].text == "one\n\ntwo\n\nthree"
