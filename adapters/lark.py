@@ -339,8 +339,10 @@ class LarkAdapter:
         return [text.LARK_HISTORY_HEADER + "\n" + "\n".join(lines)] if lines else []
 
     async def refuse(self, inbound: Inbound, reason: str) -> None:
+        # Said once per delivery, even if the inbox handles it again after a crash.
+        uuid = "oma-" + hashlib.sha256("|".join(inbound.dedup_keys).encode()).hexdigest()[:40]
         try:
-            await self.api.reply(inbound.address["root_id"], "text", {"text": text.LARK_NOT_CONFIGURED})
+            await self.api.reply(inbound.address["root_id"], "text", {"text": text.LARK_NOT_CONFIGURED}, uuid=uuid)
         except Exception as exc:
             log.warning("lark: could not tell %s why nothing happens (%s): %r", inbound.binding_key, reason, exc)
 
@@ -407,14 +409,17 @@ class LongConnection:
             domain=resolve_domain(self.settings.domain),
             log_level=lark.LogLevel.WARNING,
         )
-        connecting = asyncio.create_task(self._connect(client))
+        asyncio.create_task(self._connect(client))  # noqa: RUF006 (cancelled below with the rest)
         await self._stop.wait()
         client._auto_reconnect = False
-        connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await connecting
-        with contextlib.suppress(Exception):
-            await client._disconnect()
+        # The client's own tasks (pings, the receive loop, handlers) first, then the socket.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if client._conn is not None:
+            with contextlib.suppress(Exception):
+                await client._conn.close()
 
     async def _connect(self, client: Any) -> None:
         from lark_oapi.ws.exception import ClientException

@@ -22,7 +22,7 @@ import pytest
 from adapters import messages as text
 from adapters.base import Route
 from adapters.lark import LARK, LarkAdapter, decrypt, message_text, signature_ok
-from adapters.lark_reply import ELEMENT_ID
+from adapters.lark_reply import ELEMENT_ID, render
 from core.fakes.lark_api import Call, FakeLark, Message, encrypt, sign
 from core.fakes.model_server import FakeModelServer
 from core.keys import create_key, create_tenant
@@ -488,6 +488,59 @@ def test_no_agent_configured_says_so(ws: Workspace) -> None:
     assert ws.sessions() == []
 
 
+def test_stop_interrupts_and_the_card_says_so(ws: Workspace) -> None:
+    ws.install()
+    script(ws, "Starting a long job.", tool_use={"name": "bash", "input": {"command": "sleep 60"}})
+    body = ws.mention("do the long job")
+    root = body["event"]["message"]["message_id"]
+    ws.event(body)
+    (message,) = wait_for(lambda: ws.replies(root), "the card")
+    wait_for(lambda: "⏳ `bash` sleep 60" in ws.lark.shown(message), "the running step")
+    ws.event(ws.mention("stop", root=root))
+    # (The harness calls the model once more after an interrupted tool; that answer is a new card.)
+    first = ws.wait_answered(root)[0]
+    shown = ws.lark.shown(first)
+    assert shown.startswith("Starting a long job.\n\n❌ `bash` sleep 60") and shown.endswith(text.STOPPED)
+    session = ws.sessions()[0]
+    interrupts = list(ws.client.beta.sessions.events.list(session.id, types=["user.interrupt"]))
+    assert len(interrupts) == 1
+
+
+def test_a_tool_that_needs_approval_says_how_to_give_it(ws: Workspace) -> None:
+    ws.install(
+        tools=[{"type": "agent_toolset_20260401", "default_config": {"permission_policy": {"type": "always_ask"}}}]
+    )
+    script(ws, "I will run it.", tool_use={"name": "bash", "input": {"command": "echo approved-run"}})
+    body = ws.mention("run the check")
+    root = body["event"]["message"]["message_id"]
+    ws.event(body)
+    (message,) = ws.wait_answered(root)
+    shown = ws.lark.shown(message)
+    assert "◻️ `bash` echo approved-run" in shown
+    assert shown.endswith(text.LARK_APPROVAL_ELSEWHERE.format(tool="bash"))
+    (session,) = ws.sessions()
+    idle = list(ws.client.beta.sessions.events.list(session.id, types=["session.status_idle"]))
+    assert session.status == "idle" and idle[-1].stop_reason.type == "requires_action"
+
+
+def test_a_card_whose_streaming_lark_closed_is_reopened(ws: Workspace) -> None:
+    ws.install()
+    reply = script(ws, "A long story, finally told.", hold=True)
+    body = ws.mention("tell me a long story")
+    root = body["event"]["message"]["message_id"]
+    ws.event(body)
+    (message,) = wait_for(lambda: ws.replies(root), "the card")
+    # As after 10 minutes: Lark closed the card's streaming mode on its own.
+    ws.lark.fail("cardkit.v1.card_element.content", status=400, code=200850, retry_after=None)
+    ws.loop.run(lambda: reply.hold.release())
+    ws.wait_answered(root)
+    card = ws.lark.card_of(message)
+    assert card is not None and card.text == "A long story, finally told." and not card.streaming
+    settings = [json.loads(c.body["settings"])["config"] for c in ws.calls("cardkit.v1.card.settings")]
+    assert [config["streaming_mode"] for config in settings] == [True, False]
+    assert sequences(ws, card.card_id) == sorted(set(sequences(ws, card.card_id)))
+
+
 def test_first_mention_in_an_existing_thread_gets_its_history(ws: Workspace) -> None:
     ws.install()
     root = ws.lark.add_message(ws.chat, "The deploy failed again", sender="ou_alice")
@@ -518,6 +571,41 @@ def test_the_tenant_token_is_cached_and_refreshed(ws: Workspace) -> None:
     ws.wait_answered(body["event"]["message"]["message_id"])
     assert ws.lark.counts()["auth.v3.tenant_access_token.internal"] == issued + 1
     assert [ws.lark.shown(m) for m in ws.replies(body["event"]["message"]["message_id"])] == ["Two."]
+
+
+def test_crash_between_reply_and_cursor_neither_doubles_nor_loses(
+    backend: str, model: FakeModelServer, lark: FakeLark, loop: LoopThread, tmp_path: Path
+) -> None:
+    """The process dies after Lark made the card's message but before the outbox recorded it; the
+    next process sends the same card with the same uuid, gets that message back, and finishes it."""
+    with database_url(backend, tmp_path) as url:
+        settings = lark_settings(url, tmp_path, model, lark)
+        first = ServerThread(settings).start()
+        ws = Workspace(first, loop, model, lark)
+        try:
+            ws.install()
+            script(ws, "Survived the crash.")
+            hold = loop.run(lambda: lark.hold("im.v1.message.reply"))
+            body = ws.mention("crash-test")
+            root = body["event"]["message"]["message_id"]
+            ws.event(body)
+            loop.call(lambda: asyncio.wait_for(hold.reached.wait(), DEADLINE))
+            first.stop()  # the message is in Lark; the cursor never moved
+            loop.run(hold.release)
+            ws.close()
+            second = ServerThread(settings).start()
+            ws.server = second
+            ws.http = httpx.Client(base_url=second.url, timeout=30)
+            ws.client = anthropic.Anthropic(base_url=second.url, api_key=ws.client.api_key, max_retries=0)
+            ws.wait_answered(root)
+            second.stop()
+        finally:
+            ws.close()
+    (message,) = ws.replies(root)
+    assert ws.lark.shown(message) == "Survived the crash."
+    sent = ws.calls("im.v1.message.reply")
+    assert len(sent) == 2 and sent[0].body["uuid"] == sent[1].body["uuid"]
+    assert [c.name for c in lark.calls[ws.first_call :]].count("cardkit.v1.card.create") == 1
 
 
 def test_long_connection_delivers_events_without_a_public_url(
@@ -580,6 +668,12 @@ def test_signatures_are_checked_with_a_window() -> None:
     assert not signature_ok("other", headers, body, window=300, now=1_700_000_100)
     assert not signature_ok("k", {**headers, "X-Lark-Request-Nonce": "n2"}, body, window=300, now=1_700_000_100)
     assert not signature_ok("k", {}, body, window=300)
+
+
+def test_a_long_answer_is_clipped_to_what_a_card_holds() -> None:
+    turn = {"start": 1, "parts": [{"k": "text", "text": "é" * 40_000 + " the end"}], "interrupted": False}
+    shown = render(turn, final=True)
+    assert len(shown.encode()) <= 24_100 and shown.startswith(text.LARK_CLIPPED) and shown.endswith("the end")
 
 
 def test_mention_placeholders() -> None:

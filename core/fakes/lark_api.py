@@ -7,6 +7,7 @@ and signing of event callbacks.
             .domain(lark.url).build()
         lark.fail("im.v1.message.reply", status=429, code=99991400, retry_after=1)   # rate limit
         lark.drop("cardkit.v1.card.create")          # applied, connection cut
+        lark.hold("im.v1.message.reply")             # applied, answer held back
         lark.counts()["cardkit.v1.card_element.content"]
         lark.thread_replies(root_message_id)          # what the thread shows
         lark.cards[card_id].text                      # a card's streamed text
@@ -91,6 +92,17 @@ class Failure:
     retry_after: float | None
 
 
+class Hold:
+    """Holds one call's response (the call is already applied) until `release()`."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.released = asyncio.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+
 @dataclass(slots=True)
 class Message:
     message_id: str
@@ -168,6 +180,7 @@ class FakeLark:
         self.tokens: dict[str, float] = {}
         self._failures: dict[str, deque[Failure]] = {}
         self._drops: Counter[str] = Counter()
+        self._holds: dict[str, deque[Hold]] = {}
         self._ids = itertools.count(1)
         self._seen = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -199,6 +212,12 @@ class FakeLark:
     def drop(self, name: str, times: int = 1) -> None:
         """The next calls of `name` are applied, then the connection is cut with no response."""
         self._drops[name] += times
+
+    def hold(self, name: str) -> Hold:
+        """The next call of `name` is applied, then its response waits for `Hold.release()`."""
+        hold = Hold()
+        self._holds.setdefault(name, deque()).append(hold)
+        return hold
 
     def revoke_tokens(self) -> None:
         """Every tenant_access_token issued so far stops working (as after a secret reset)."""
@@ -300,6 +319,9 @@ class FakeLark:
         return self
 
     async def stop(self) -> None:
+        for holds in self._holds.values():
+            for hold in holds:
+                hold.release()
         for socket in self.sockets:
             with contextlib.suppress(Exception):
                 await socket.close()
@@ -366,6 +388,11 @@ class FakeLark:
             if request.transport is not None:
                 request.transport.close()  # applied, but the client never hears back
             raise ConnectionResetError("dropped by the test")
+        holds = self._holds.get(name)
+        if holds:
+            hold = holds.popleft()
+            hold.reached.set()
+            await hold.released.wait()
         return _json(reply, status)
 
     def _m_auth_v3_tenant_access_token_internal(self, params: dict[str, Any], body: dict[str, Any]) -> Reply:
