@@ -42,6 +42,7 @@ from core.db import (
     adapter_inbox,
     adapter_installations,
     agents,
+    environments,
     sessions,
 )
 from core.errors import APIError, NotFound
@@ -233,6 +234,59 @@ class AdapterStore:
         async with self.db.read() as conn:
             result = await conn.execute(select(agents.c.tenant_id).where(agents.c.id == agent_id))
             return result.scalar_one_or_none()
+
+    async def configured_route(self, agent_id: str, environment_id: str | None, environment_name: str) -> Route | None:
+        """The route of an agent named in the settings (`OMA_<PLATFORM>_AGENT`): its tenant, and
+        `environment_id` or else the tenant's environment called `environment_name` (created on
+        first use). None if the agent does not exist."""
+        tenant_id = await self.agent_tenant(agent_id)
+        if tenant_id is None:
+            return None
+        if environment_id:
+            return Route(tenant_id, agent_id, environment_id)
+        async with self.db.read() as conn:
+            found = (
+                await conn.execute(
+                    select(environments.c.id)
+                    .where(
+                        environments.c.tenant_id == tenant_id,
+                        environments.c.name == environment_name,
+                        environments.c.archived_at.is_(None),
+                    )
+                    .order_by(environments.c.created_at)
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+        if found is None:
+            request = schemas.EnvironmentCreate(name=environment_name)
+            found = (await self.platform.environments.create(tenant_id, request))["id"]
+        return Route(tenant_id, agent_id, str(found))
+
+    async def installation_record(self, workspace: str) -> tuple[Route, dict[str, Any]] | None:
+        """An installation's route and the adapter's own data of it (where its workspace's
+        credentials are in the vault, …)."""
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(adapter_installations).where(
+                        adapter_installations.c.platform == self.name,
+                        adapter_installations.c.workspace == workspace,
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        return Route(row.tenant_id, row.agent_id, row.environment_id), dict(row.config or {})
+
+    async def update_config(self, workspace: str, config: dict[str, Any]) -> bool:
+        """Replace an installation's config (e.g. rotated tokens); False if it is not installed."""
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(adapter_installations)
+                .where(adapter_installations.c.platform == self.name, adapter_installations.c.workspace == workspace)
+                .values(config=config, updated_at=now_us())
+            )
+        return bool(result.rowcount)
 
     async def binding(self, key: str) -> Binding | None:
         name = self.name

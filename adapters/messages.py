@@ -1,4 +1,4 @@
-"""Every user-facing string the workspace adapters show, in one place (Slack mrkdwn)."""
+"""Every user-facing string the workspace adapters show, in one place (Slack mrkdwn; Linear Markdown)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,50 @@ NOT_CONFIGURED = (
 )
 TERMINATED = "This session has ended. Mention me again to start a new one."
 CONTINUED = "_(continued)_"
+
+# --- Linear (agent activities and the OAuth install pages; Markdown) ---------------------------
+
+LINEAR_ACK = "Looking into it."
+LINEAR_RETRYING = "Retrying after an error…"
+LINEAR_TOOL_DONE = "(no output)"
+LINEAR_TOOL_FAILED = "(failed, no output)"
+LINEAR_DONE = "Done."
+LINEAR_STOPPED = "Stopped."
+LINEAR_REFUSED = "The model declined to answer this request."
+LINEAR_TERMINATED = "This session has ended. Mention me or delegate the issue again to start a new one."
+RETRIES_EXHAUSTED_LINEAR = "The model kept failing, so I stopped. Send a follow-up to try again."
+LINEAR_APPROVAL = (
+    "I need your approval to run:\n\n{calls}\n\nReply **{approve}** to allow it, or tell me what to do instead."
+)
+LINEAR_APPROVAL_LINE = "- `{tool}`: `{parameter}`"
+LINEAR_APPROVE = "Approve"
+LINEAR_DENY = "Deny"
+# A prompt answering an approval request that is one of these (case-insensitive) allows the call;
+# anything else denies it, and the prompt's words reach the agent as the reason.
+LINEAR_APPROVE_WORDS = frozenset(
+    {"approve", "approved", "yes", "y", "ok", "okay", "allow", "go ahead", "do it", "sure"}
+)
+LINEAR_DENIED_BY = "Denied in Linear by {user}: {text}"
+LINEAR_CUSTOM_TOOL_WAITING = "Waiting for a tool result from the API client."
+LINEAR_SESSION_LINK = "Agent session"
+LINEAR_UNAUTHORIZED = "Linear refused the workspace's token; install the app again."
+LINEAR_NOT_CONFIGURED = (
+    "No agent answers in this Linear workspace yet. An admin sets `OMA_LINEAR_AGENT` (and "
+    "`OMA_LINEAR_ENVIRONMENT`) on the server."
+)
+
+# What the agent is given on `created`, besides Linear's own prompt context.
+LINEAR_PREVIOUS_COMMENTS = "Earlier comments in this Linear thread, oldest first:"
+LINEAR_GUIDANCE = "Guidance for agents in this Linear workspace:"
+LINEAR_COMMENT_LINE = "[{author}] {text}"
+LINEAR_GUIDANCE_LINE = "- ({origin}) {text}"
+LINEAR_ISSUE = "Linear issue {identifier}: {title}\n\n{description}"
+LINEAR_FROM_USER = "{user}: {text}"
+
+# The OAuth install, as plain-text pages in the installer's browser.
+LINEAR_INSTALLED = "Installed in the Linear workspace {name}. Delegate an issue to the agent or mention it."
+LINEAR_INSTALL_FAILED = "The Linear install did not complete: {reason}. Start again from /linear/install."
+LINEAR_INSTALL_NO_AGENT = "Set OMA_LINEAR_AGENT on the server first: it names the agent that answers in Linear."
 
 # Lark/Feishu (card markdown). The turn's card: steps as lines, then the answer.
 LARK_THINKING = "_Thinking…_"

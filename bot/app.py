@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from adapters.linear import LINEAR, LinearAdapter, LinearSettings
 from adapters.slack import SLACK, SLACK_EVENTS_PATH, SlackAdapter, SlackSettings
 from bot.config import Settings
 from core.api import events, resources, vaults
-from core.api.http import KEYS, api_middleware, json_response
+from core.api.http import EXTRA_PUBLIC_PATHS, KEYS, api_middleware, json_response
 from core.harness.turn import HarnessSettings
 from core.keys import DEFAULT_TENANT, count_keys, create_key, ensure_tenant
 from core.platform import PLATFORM, Platform
@@ -136,6 +137,33 @@ def mount_lark(app: web.Application, settings: Settings, platform: Platform) -> 
     return lark
 
 
+def mount_linear(app: web.Application, settings: Settings, platform: Platform) -> LinearAdapter | None:
+    """The Linear adapter, when LINEAR_WEBHOOK_SECRET is set: webhooks at POST /linear/webhook,
+    and the OAuth install at /linear/install with an OAuth app's client id and secret."""
+    if settings.linear_webhook_secret is None:
+        return None
+    linear = LinearAdapter(
+        platform,
+        LinearSettings(
+            webhook_secret=settings.linear_webhook_secret.get_secret_value(),
+            api_key=_secret(settings.linear_api_key),
+            access_token=_secret(settings.linear_access_token),
+            api_url=settings.linear_api_url,
+            agent=settings.linear_agent,
+            environment=settings.linear_environment,
+            client_id=settings.linear_client_id,
+            client_secret=_secret(settings.linear_client_secret),
+            authorize_url=settings.linear_authorize_url,
+            public_url=settings.public_url,
+            session_url=settings.linear_session_url,
+        ),
+    )
+    app[LINEAR] = linear
+    app[EXTRA_PUBLIC_PATHS] = app.get(EXTRA_PUBLIC_PATHS, frozenset()) | linear.public_paths
+    app.router.add_routes(linear.routes())
+    return linear
+
+
 def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.Application:
     app = web.Application(middlewares=[api_middleware], client_max_size=settings.max_body_bytes)
     platform = Platform.build(
@@ -152,6 +180,7 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
     app.router.add_routes(events.routes)
     app.router.add_routes(vaults.routes)
     slack = mount_slack(app, settings, platform)
+    linear = mount_linear(app, settings, platform)
     lark = mount_lark(app, settings, platform)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -171,6 +200,8 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
         await platform.start()
         if slack is not None:
             await slack.start()
+        if linear is not None:
+            await linear.start()
         if lark is not None:
             await lark.start()
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
@@ -181,6 +212,8 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
         yield
         if slack is not None:
             await slack.stop()
+        if linear is not None:
+            await linear.stop()
         if lark is not None:
             await lark.stop()
         if runner is not None:

@@ -93,6 +93,38 @@ class Settings(BaseSettings):
     slack_streaming: bool = True
     slack_min_edit_seconds: float = Field(default=1.0, ge=0)
 
+    # --- Linear (adapters/linear.py; the app's settings are in manifests/linear/) ---
+    # The webhook signing secret turns the adapter on (POST /linear/webhook).
+    linear_webhook_secret: SecretStr | None = Field(
+        default=None, validation_alias=_env("LINEAR_WEBHOOK_SECRET", "OMA_LINEAR_WEBHOOK_SECRET")
+    )
+    # A single workspace's credential: a personal API key, or an OAuth access token (actor=app).
+    linear_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("LINEAR_API_KEY", "OMA_LINEAR_API_KEY")
+    )
+    linear_access_token: SecretStr | None = Field(
+        default=None, validation_alias=_env("LINEAR_ACCESS_TOKEN", "OMA_LINEAR_ACCESS_TOKEN")
+    )
+    # The OAuth app: installs through /linear/install, and refreshing their tokens.
+    linear_client_id: str | None = Field(
+        default=None, validation_alias=_env("LINEAR_CLIENT_ID", "OMA_LINEAR_CLIENT_ID")
+    )
+    linear_client_secret: SecretStr | None = Field(
+        default=None, validation_alias=_env("LINEAR_CLIENT_SECRET", "OMA_LINEAR_CLIENT_SECRET")
+    )
+    linear_api_url: str = Field(
+        default="https://api.linear.app/graphql", validation_alias=_env("LINEAR_API_URL", "OMA_LINEAR_API_URL")
+    )
+    linear_authorize_url: str = "https://linear.app/oauth/authorize"
+    # Who answers: an agent id, and an environment id (unset: one named "linear", created on first use).
+    linear_agent: str | None = None
+    linear_environment: str | None = None
+    # The link each Linear agent session shows to its session here ("{session_id}" filled in);
+    # unset: OMA_PUBLIC_URL/v1/sessions/{session_id}.
+    linear_session_url: str | None = None
+    # This server's address as Linear and browsers reach it (OAuth callback, links to sessions).
+    public_url: str | None = None
+
     # --- Lark/Feishu (adapters/lark.py; the app's configuration is in manifests/lark/) ---
     # The app's id turns the adapter on; events come to POST /lark/events (with an encrypt key
     # and/or a verification token) or over the long connection (OMA_LARK_LONG_CONNECTION).
@@ -147,6 +179,28 @@ class Settings(BaseSettings):
         domain = self.lark_domain.strip().lower()
         if domain not in ("feishu", "lark") and not domain.startswith(("http://", "https://")):
             raise ValueError("LARK_DOMAIN must be feishu, lark, or a base URL such as https://open.feishu.cn")
+        return self
+
+    @model_validator(mode="after")
+    def _check_linear(self) -> Settings:
+        credentials = self.linear_api_key or self.linear_access_token or self.linear_client_id
+        if self.linear_webhook_secret is None:
+            if credentials:
+                raise ValueError(
+                    "LINEAR_API_KEY/LINEAR_ACCESS_TOKEN/LINEAR_CLIENT_ID are set but LINEAR_WEBHOOK_SECRET is not"
+                )
+            return self
+        if not credentials:
+            raise ValueError(
+                "LINEAR_WEBHOOK_SECRET is set: also set LINEAR_API_KEY or LINEAR_ACCESS_TOKEN (one workspace), "
+                "or LINEAR_CLIENT_ID and LINEAR_CLIENT_SECRET (installs through /linear/install)"
+            )
+        if bool(self.linear_client_id) != bool(self.linear_client_secret):
+            raise ValueError("set both LINEAR_CLIENT_ID and LINEAR_CLIENT_SECRET, or neither")
+        for name in ("linear_api_url", "linear_authorize_url", "public_url"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith(("http://", "https://")):
+                raise ValueError(f"{name.upper()} must be an http(s) URL")
         return self
 
     @field_validator("database_url")

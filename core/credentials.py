@@ -288,6 +288,8 @@ class GitHubAppUpdate(Strict):
 class LinearCreate(Strict):
     type: Literal["linear"]
     access_token: Secret
+    # An OAuth install's (rotated on every refresh).
+    refresh_token: Secret | None = None
     webhook_secret: Secret | None = None
     organization_id: Label | None = None
 
@@ -295,6 +297,7 @@ class LinearCreate(Strict):
 class LinearUpdate(Strict):
     type: Literal["linear"]
     access_token: Secret | None = None
+    refresh_token: Secret | None = None
     webhook_secret: Secret | None = None
 
 
@@ -482,7 +485,9 @@ def split_create(auth: Any) -> Split:
         secret = _present(private_key=auth.private_key, webhook_secret=auth.webhook_secret)
     elif isinstance(auth, LinearCreate):
         public = {"type": kind.value, "organization_id": auth.organization_id}
-        secret = _present(access_token=auth.access_token, webhook_secret=auth.webhook_secret)
+        secret = _present(
+            access_token=auth.access_token, refresh_token=auth.refresh_token, webhook_secret=auth.webhook_secret
+        )
     elif isinstance(auth, LarkCreate):
         public = {"type": kind.value, "app_id": auth.app_id, "domain": auth.domain}
         secret = _present(

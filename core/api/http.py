@@ -36,6 +36,9 @@ KEYS: web.AppKey[KeyResolver] = web.AppKey("keys", KeyResolver)
 # Webhooks authenticate with the platform's signature instead of an API key.
 PUBLIC_PATHS = frozenset({"/", "/health", "/healthz", "/slack/events", "/lark/events"})
 
+# More such paths, registered by whatever mounts them (a workspace adapter's webhook and OAuth pages).
+EXTRA_PUBLIC_PATHS: web.AppKey[frozenset[str]] = web.AppKey("extra_public_paths", frozenset)
+
 
 def new_request_id() -> str:
     # Unique, not secret: a fast PRNG is enough (and avoids a syscall per request).
@@ -70,7 +73,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
     try:
-        if request.path not in PUBLIC_PATHS:
+        if request.path not in PUBLIC_PATHS and request.path not in request.app.get(EXTRA_PUBLIC_PATHS, ()):
             key = _presented_key(request)
             if key is None:
                 raise AuthenticationFailed(
