@@ -338,7 +338,7 @@ def test_interrupt_mid_stream(
         record_golden("interrupted_turn", runner_server, session_id, script)
 
 
-def test_interrupt_mid_tool(rclient: anthropic.Anthropic, script: Script, runner_server: ServerThread) -> None:
+def test_interrupt_mid_tool(rclient: anthropic.Anthropic, script: Script) -> None:
     session_id = make_session(rclient, make_agent(rclient))
     script.reply(tool_use={"name": "bash", "input": {"command": "echo started; sleep 60"}})
     with rclient.beta.sessions.events.stream(session_id) as stream:
@@ -353,6 +353,13 @@ def test_interrupt_mid_tool(rclient: anthropic.Anthropic, script: Script, runner
     result = next(e for e in events if e.type == "agent.tool_result")
     assert result.is_error and "interrupted" in result.content[0].text
     assert events[-1].stop_reason.type == "end_turn"
+    # The interrupted turn is over: the model is not called again until the next message.
+    script.reply("Understood, stopping there.")
+    run_turn(rclient, session_id, msg("next"))
+    first, second = script.requests()
+    last = second["messages"][-1]["content"]
+    assert last[0]["type"] == "tool_result" and last[0]["is_error"] is True
+    assert last[-1]["text"] == "next"
 
 
 def test_model_errors_are_retried_then_succeed(rclient: anthropic.Anthropic, script: Script) -> None:

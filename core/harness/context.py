@@ -99,6 +99,10 @@ def build(events: Iterable[StoredEvent], *, include_pending: bool = True) -> Con
                 block["is_error"] = True
             conv.add("user", block)
             conv.awaiting_model = True
+        elif kind == "session.status_idle":
+            # A turn that ended (answered, interrupted, out of retries) awaits nothing more until
+            # new input arrives; tool results settled before the idle don't reopen it.
+            conv.awaiting_model = False
         elif kind == "agent.thread_context_compacted" and "_summary" in payload:
             conv.messages = [
                 {"role": "user", "content": [{"type": "text", "text": COMPACTION_PREFIX + payload["_summary"]}]}
