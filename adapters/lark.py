@@ -27,7 +27,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import lark_oapi as lark
@@ -40,7 +40,8 @@ from adapters.base import AdapterWorker, Delivery, Inbound, Route, WorkerSetting
 from adapters.lark_client import BotIdentity, LarkApi, resolve_domain
 from adapters.lark_reply import LarkReplies
 from core import schemas
-from core.db import environments
+from core.credentials import CredentialKind
+from core.db import environments, vaults
 from core.platform import Platform
 
 log = logging.getLogger("oma.adapters.lark")
@@ -57,14 +58,17 @@ ACCEPT_TIMEOUT = 2.5
 
 @dataclass(frozen=True)
 class LarkSettings:
-    app_id: str
-    app_secret: str
+    app_id: str = ""
+    app_secret: str = ""
     encrypt_key: str | None = None
     verification_token: str | None = None
-    # "feishu", "lark", or a base URL (a proxy, a fake in tests).
-    domain: str = "feishu"
+    # "feishu", "lark", or a base URL (a proxy, a fake in tests); unset: feishu, or the vault's.
+    domain: str | None = None
     # The long connection (WebSocket) instead of, or besides, POST /lark/events.
     long_connection: bool = False
+    # A vault id: its `lark` credential supplies the app id and secrets, read at start-up (an
+    # encrypt key or verification token set here is used when the credential has none).
+    vault: str | None = None
     # Who answers: an agent id, and an environment id (unset: one named "lark", created on first use).
     agent: str | None = None
     environment: str | None = None
@@ -157,15 +161,22 @@ class LarkAdapter:
     ) -> None:
         self.settings = settings
         self.core = platform
-        self.api = LarkApi(settings.app_id, settings.app_secret, settings.domain)
-        self.replies = LarkReplies(self.api, streaming=settings.streaming, min_edit_seconds=settings.min_edit_seconds)
+        self.api, self.replies = self._clients(settings)
         self.worker = AdapterWorker(platform, self, default_route=self.default_route, settings=worker_settings)
         self._connection: LongConnection | None = None
         self._warm: asyncio.Task[Any] | None = None
 
+    @staticmethod
+    def _clients(settings: LarkSettings) -> tuple[LarkApi, LarkReplies]:
+        api = LarkApi(settings.app_id, settings.app_secret, settings.domain or "feishu")
+        return api, LarkReplies(api, streaming=settings.streaming, min_edit_seconds=settings.min_edit_seconds)
+
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.settings.vault is not None:
+            self.settings = await self._from_vault(self.settings.vault)
+            self.api, self.replies = self._clients(self.settings)
         await self.worker.start()
         self._warm = asyncio.create_task(self._warm_up(), name="lark-identity")
         if self.settings.long_connection:
@@ -181,6 +192,25 @@ class LarkAdapter:
             await self._connection.stop()
             self._connection = None
         await self.worker.stop()
+
+    async def _from_vault(self, vault_id: str) -> LarkSettings:
+        """The app's credentials from the vault's `lark` credential (fails the start-up if absent)."""
+        async with self.core.db.read() as conn:
+            found = await conn.execute(select(vaults.c.tenant_id).where(vaults.c.id == vault_id))
+            tenant_id = found.scalar_one_or_none()
+        credential = None
+        if tenant_id is not None:
+            credential = await self.core.vaults.workspace_credential(tenant_id, vault_id, CredentialKind.LARK)
+        if credential is None:
+            raise ValueError(f"OMA_LARK_VAULT: vault {vault_id} has no active lark credential")
+        return replace(
+            self.settings,
+            app_id=str(credential["app_id"]),
+            app_secret=str(credential["app_secret"]),
+            encrypt_key=credential.get("encrypt_key") or self.settings.encrypt_key,
+            verification_token=credential.get("verification_token") or self.settings.verification_token,
+            domain=self.settings.domain or credential.get("domain"),
+        )
 
     async def _warm_up(self) -> None:
         try:
@@ -244,6 +274,8 @@ class LarkAdapter:
     def open_callback(self, headers: Any, body: bytes) -> dict[str, Any]:
         """The callback's event, once it proved to come from Lark; raises Refused otherwise."""
         key, token = self.settings.encrypt_key, self.settings.verification_token
+        if not key and not token:  # e.g. a vault credential without either: nothing to check with
+            raise Refused(503, "neither an encrypt key nor a verification token is configured")
         signed = "X-Lark-Signature" in headers
         if key and signed and not signature_ok(key, headers, body, window=self.settings.signature_window_seconds):
             raise Refused(401, "bad signature, or a timestamp outside the window")
@@ -406,7 +438,7 @@ class LongConnection:
             self.settings.app_id,
             self.settings.app_secret,
             event_handler=handler,
-            domain=resolve_domain(self.settings.domain),
+            domain=resolve_domain(self.settings.domain or "feishu"),
             log_level=lark.LogLevel.WARNING,
         )
         asyncio.create_task(self._connect(client))  # noqa: RUF006 (cancelled below with the rest)

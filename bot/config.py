@@ -126,8 +126,8 @@ class Settings(BaseSettings):
     public_url: str | None = None
 
     # --- Lark/Feishu (adapters/lark.py; the app's configuration is in manifests/lark/) ---
-    # The app's id turns the adapter on; events come to POST /lark/events (with an encrypt key
-    # and/or a verification token) or over the long connection (OMA_LARK_LONG_CONNECTION).
+    # The app's id (or OMA_LARK_VAULT) turns the adapter on; events come to POST /lark/events (with an
+    # encrypt key and/or a verification token) or over the long connection (OMA_LARK_LONG_CONNECTION).
     lark_app_id: str | None = Field(default=None, validation_alias=_env("LARK_APP_ID", "OMA_LARK_APP_ID"))
     lark_app_secret: SecretStr | None = Field(
         default=None, validation_alias=_env("LARK_APP_SECRET", "OMA_LARK_APP_SECRET")
@@ -138,9 +138,12 @@ class Settings(BaseSettings):
     lark_verification_token: SecretStr | None = Field(
         default=None, validation_alias=_env("LARK_VERIFICATION_TOKEN", "OMA_LARK_VERIFICATION_TOKEN")
     )
-    # "feishu" (open.feishu.cn), "lark" (open.larksuite.com), or a base URL.
-    lark_domain: str = Field(default="feishu", validation_alias=_env("LARK_DOMAIN", "OMA_LARK_DOMAIN"))
+    # "feishu" (open.feishu.cn), "lark" (open.larksuite.com), or a base URL (unset: feishu, or the
+    # domain of the vault's credential).
+    lark_domain: str | None = Field(default=None, validation_alias=_env("LARK_DOMAIN", "OMA_LARK_DOMAIN"))
     lark_long_connection: bool = False
+    # Instead of LARK_APP_ID and the secrets: a vault id whose `lark` credential holds them (read at start).
+    lark_vault: str | None = None
     # Who answers: an agent id, and an environment id (unset: one named "lark", created on first use).
     lark_agent: str | None = None
     lark_environment: str | None = None
@@ -165,18 +168,26 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_lark(self) -> Settings:
         secrets = (self.lark_app_secret, self.lark_encrypt_key, self.lark_verification_token)
-        if self.lark_app_id is None:
+        if self.lark_vault is not None:
+            if self.lark_app_id is not None or self.lark_app_secret is not None:
+                raise ValueError("set LARK_APP_ID and LARK_APP_SECRET, or OMA_LARK_VAULT, not both")
+        elif self.lark_app_id is None:
             if any(s is not None for s in secrets) or self.lark_long_connection:
-                raise ValueError("LARK_* settings are given but LARK_APP_ID is not")
+                raise ValueError("LARK_* settings are given but LARK_APP_ID (or OMA_LARK_VAULT) is not")
             return self
-        if self.lark_app_secret is None:
+        elif self.lark_app_secret is None:
             raise ValueError("LARK_APP_ID is set: also set LARK_APP_SECRET")
-        if not self.lark_long_connection and self.lark_encrypt_key is None and self.lark_verification_token is None:
+        if (
+            self.lark_vault is None
+            and not self.lark_long_connection
+            and self.lark_encrypt_key is None
+            and self.lark_verification_token is None
+        ):
             raise ValueError(
                 "LARK_APP_ID is set: also set LARK_ENCRYPT_KEY and/or LARK_VERIFICATION_TOKEN (events at "
                 "POST /lark/events), or OMA_LARK_LONG_CONNECTION=true"
             )
-        domain = self.lark_domain.strip().lower()
+        domain = (self.lark_domain or "feishu").strip().lower()
         if domain not in ("feishu", "lark") and not domain.startswith(("http://", "https://")):
             raise ValueError("LARK_DOMAIN must be feishu, lark, or a base URL such as https://open.feishu.cn")
         return self

@@ -23,6 +23,7 @@ from adapters import messages as text
 from adapters.base import Route
 from adapters.lark import LARK, LarkAdapter, decrypt, message_text, signature_ok
 from adapters.lark_reply import ELEMENT_ID, render
+from core.credentials import CredentialCreate, VaultCreate
 from core.fakes.lark_api import Call, FakeLark, Message, encrypt, sign
 from core.fakes.model_server import FakeModelServer
 from core.keys import create_key, create_tenant
@@ -606,6 +607,48 @@ def test_crash_between_reply_and_cursor_neither_doubles_nor_loses(
     sent = ws.calls("im.v1.message.reply")
     assert len(sent) == 2 and sent[0].body["uuid"] == sent[1].body["uuid"]
     assert [c.name for c in lark.calls[ws.first_call :]].count("cardkit.v1.card.create") == 1
+
+
+def test_app_secrets_from_the_vault(
+    backend: str, model: FakeModelServer, lark: FakeLark, loop: LoopThread, tmp_path: Path
+) -> None:
+    """OMA_LARK_VAULT instead of LARK_APP_ID and the secrets: the app id, secret, encrypt key and
+    verification token come from a `lark` credential, sealed in the vault."""
+    none = {"lark_app_id": None, "lark_app_secret": None, "lark_encrypt_key": None, "lark_verification_token": None}
+    with database_url(backend, tmp_path) as url:
+        first = ServerThread(lark_settings(url, tmp_path, model, lark, **none)).start()
+        try:
+
+            async def seal() -> str:
+                platform = first.platform
+                tenant_id = await create_tenant(platform.db, "lark-admin")
+                vault = await platform.vaults.create(tenant_id, VaultCreate(display_name="Lark app"))
+                auth = {"type": "lark", "app_id": lark.app_id, "app_secret": lark.app_secret}
+                auth.update(encrypt_key=ENCRYPT_KEY, verification_token=TOKEN, domain="feishu")
+                await platform.vaults.create_credential(
+                    tenant_id, vault["id"], CredentialCreate.model_validate({"auth": auth})
+                )
+                return str(vault["id"])
+
+            vault_id = first.call(seal)
+        finally:
+            first.stop()
+        second = ServerThread(lark_settings(url, tmp_path, model, lark, lark_vault=vault_id, **none)).start()
+        ws = Workspace(second, loop, model, lark)
+        try:
+            assert ws.adapter.settings.app_id == lark.app_id and ws.adapter.settings.encrypt_key == ENCRYPT_KEY
+            ws.install()
+            script(ws, "Configured from the vault.")
+            body = ws.mention("where are your secrets?")
+            assert ws.event(body).status_code == 200
+            (reply,) = ws.wait_answered(body["event"]["message"]["message_id"])
+            assert ws.lark.shown(reply) == "Configured from the vault."
+            forged = ws.mention("forged")
+            raw = json.dumps({"encrypt": encrypt(ENCRYPT_KEY, json.dumps(forged))}).encode()
+            assert ws.post(raw, sign("not-the-key", raw)).status_code == 401
+        finally:
+            ws.close()
+            second.stop()
 
 
 def test_long_connection_delivers_events_without_a_public_url(
