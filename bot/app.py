@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from adapters.linear import LINEAR, LinearAdapter, LinearSettings
 from adapters.slack import SLACK, SLACK_EVENTS_PATH, SlackAdapter, SlackSettings
 from bot.config import Settings
 from core.api import events, resources, vaults
@@ -25,6 +24,7 @@ from vault.keyring import KeyringFile, KeyringSource, keyring_source
 
 if TYPE_CHECKING:
     from adapters.lark import LarkAdapter
+    from adapters.linear import LinearAdapter
 
 log = logging.getLogger("oma")
 
@@ -109,23 +109,22 @@ def mount_slack(app: web.Application, settings: Settings, platform: Platform) ->
 
 
 def mount_lark(app: web.Application, settings: Settings, platform: Platform) -> LarkAdapter | None:
-    """The Lark/Feishu adapter, when LARK_APP_ID (or OMA_LARK_VAULT) is set: callbacks at POST
-    /lark/events (with an encrypt key or verification token) and/or the long connection.
-    lark-oapi takes seconds to import, so it is imported only here."""
-    if settings.lark_app_id is None and settings.lark_vault is None:
+    """The Lark/Feishu adapter, when LARK_APP_ID is set: callbacks at POST /lark/events (with an
+    encrypt key or verification token) and/or the long connection. lark-oapi takes seconds to
+    import, so it is imported only here."""
+    if settings.lark_app_id is None or settings.lark_app_secret is None:
         return None
     from adapters.lark import LARK, LARK_EVENTS_PATH, LarkAdapter, LarkSettings
 
     lark = LarkAdapter(
         platform,
         LarkSettings(
-            app_id=settings.lark_app_id or "",
-            app_secret=_secret(settings.lark_app_secret) or "",
+            app_id=settings.lark_app_id,
+            app_secret=settings.lark_app_secret.get_secret_value(),
             encrypt_key=_secret(settings.lark_encrypt_key),
             verification_token=_secret(settings.lark_verification_token),
             domain=settings.lark_domain,
             long_connection=settings.lark_long_connection,
-            vault=settings.lark_vault,
             agent=settings.lark_agent,
             environment=settings.lark_environment,
             streaming=settings.lark_streaming,
@@ -133,8 +132,7 @@ def mount_lark(app: web.Application, settings: Settings, platform: Platform) -> 
         ),
     )
     app[LARK] = lark
-    secrets = settings.lark_encrypt_key or settings.lark_verification_token
-    if secrets is not None or (settings.lark_vault is not None and not settings.lark_long_connection):
+    if settings.lark_encrypt_key is not None or settings.lark_verification_token is not None:
         app.router.add_post(LARK_EVENTS_PATH, lark.handle)
     return lark
 
@@ -144,6 +142,9 @@ def mount_linear(app: web.Application, settings: Settings, platform: Platform) -
     and the OAuth install at /linear/install with an OAuth app's client id and secret."""
     if settings.linear_webhook_secret is None:
         return None
+    # Imported only when configured: the GraphQL client is not needed otherwise.
+    from adapters.linear import LINEAR, LinearAdapter, LinearSettings
+
     linear = LinearAdapter(
         platform,
         LinearSettings(
