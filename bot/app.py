@@ -109,22 +109,23 @@ def mount_slack(app: web.Application, settings: Settings, platform: Platform) ->
 
 
 def mount_lark(app: web.Application, settings: Settings, platform: Platform) -> LarkAdapter | None:
-    """The Lark/Feishu adapter, when LARK_APP_ID is set: callbacks at POST /lark/events (with an
-    encrypt key or verification token) and/or the long connection. lark-oapi takes seconds to
-    import, so it is imported only here."""
-    if settings.lark_app_id is None or settings.lark_app_secret is None:
+    """The Lark/Feishu adapter, when LARK_APP_ID (or OMA_LARK_VAULT) is set: callbacks at POST
+    /lark/events (with an encrypt key or verification token) and/or the long connection.
+    lark-oapi takes seconds to import, so it is imported only here."""
+    if settings.lark_app_id is None and settings.lark_vault is None:
         return None
     from adapters.lark import LARK, LARK_EVENTS_PATH, LarkAdapter, LarkSettings
 
     lark = LarkAdapter(
         platform,
         LarkSettings(
-            app_id=settings.lark_app_id,
-            app_secret=settings.lark_app_secret.get_secret_value(),
+            app_id=settings.lark_app_id or "",
+            app_secret=_secret(settings.lark_app_secret) or "",
             encrypt_key=_secret(settings.lark_encrypt_key),
             verification_token=_secret(settings.lark_verification_token),
             domain=settings.lark_domain,
             long_connection=settings.lark_long_connection,
+            vault=settings.lark_vault,
             agent=settings.lark_agent,
             environment=settings.lark_environment,
             streaming=settings.lark_streaming,
@@ -132,7 +133,8 @@ def mount_lark(app: web.Application, settings: Settings, platform: Platform) -> 
         ),
     )
     app[LARK] = lark
-    if settings.lark_encrypt_key is not None or settings.lark_verification_token is not None:
+    secrets = settings.lark_encrypt_key or settings.lark_verification_token
+    if secrets is not None or (settings.lark_vault is not None and not settings.lark_long_connection):
         app.router.add_post(LARK_EVENTS_PATH, lark.handle)
     return lark
 
