@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import logging
 import os
@@ -430,6 +431,8 @@ class AdapterWorker:
         adapter: Adapter,
         *,
         default_route: Callable[[], Awaitable[Route | None]] | None = None,
+        session_fields: Callable[[Inbound], Awaitable[dict[str, Any]]] | None = None,
+        acknowledge: Callable[[Inbound], Awaitable[None]] | None = None,
         settings: WorkerSettings | None = None,
     ) -> None:
         self.platform = platform
@@ -438,6 +441,12 @@ class AdapterWorker:
         self.settings = settings or WorkerSettings()
         self.store = AdapterStore(platform, self.name)
         self.default_route = default_route
+        # More fields for a session the conversation starts (`resources`, `title`, …), e.g. the
+        # repository to check out, with a token minted for it. Raising retries the delivery later.
+        self.session_fields = session_fields
+        # Shows on the platform, at once, that a delivery was taken up (GitHub's 👀 reaction);
+        # best effort, and it must be idempotent: a delivery handled again acknowledges again.
+        self.acknowledge = acknowledge
         self.owner = _owner()
         self._inbox_wake = asyncio.Event()
         self.ingress = Ingress(platform, self.name, adapter.dedup_ttl_seconds, self._inbox_wake)
@@ -594,6 +603,11 @@ class AdapterWorker:
 
     async def _handle(self, inbox_id: str, inbound: Inbound) -> None:
         binding = await self.store.binding(inbound.binding_key)
+        if self.acknowledge is not None and (binding is not None or inbound.start):
+            try:
+                await self.acknowledge(inbound)
+            except Exception as exc:
+                logger.warning("%s: could not acknowledge %s: %r", self.name, inbound.binding_key, exc)
         fresh = False
         if binding is None:
             if not inbound.start:
@@ -637,11 +651,13 @@ class AdapterWorker:
         return binding
 
     async def _create_session(self, route: Route, inbound: Inbound) -> str | None:
+        extra = await self.session_fields(inbound) if self.session_fields is not None else {}
         try:
             created = await self.platform.sessions.create(
                 route.tenant_id,
                 schemas.SessionCreate.model_validate(
                     {
+                        **extra,
                         "agent": route.agent_id,
                         "environment_id": route.environment_id,
                         "metadata": {"oma.platform": self.name, "oma.conversation": inbound.binding_key[:512]},
@@ -799,7 +815,8 @@ class AdapterWorker:
         if not await self.platform.db.run_write(write):
             raise LeaseLost(binding.key)
         binding.delivered_seq = delivered_seq
-        binding.outbox = outbox
+        # A copy: the caller goes on changing its dict, and must see those changes as unsaved.
+        binding.outbox = copy.deepcopy(outbox)
 
 
 def _read(conn: Connection, session_id: str, after: int) -> tuple[list[log.StoredEvent], str | None]:

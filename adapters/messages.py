@@ -108,3 +108,56 @@ LARK_NOT_CONFIGURED = (
     "No agent answers in this workspace yet. An admin sets `OMA_LARK_AGENT` (and `OMA_LARK_ENVIRONMENT`) on the server."
 )
 GH_PULL_FAILED = "I pushed my commits to `{branch}` but could not open a pull request: {detail}"
+
+# --- GitHub (Markdown) --------------------------------------------------------------------------
+
+# What the agent is told, per trigger. {kind}: "issue" or "pull request".
+GH_KIND_ISSUE = "issue"
+GH_KIND_PULL = "pull request"
+GH_ASSIGNED = "@{sender} assigned you {kind} #{number} in {repo}: {title}\n\n{body}"
+GH_LABELED = "@{sender} added the label `{label}` to {kind} #{number} in {repo}: {title}\n\n{body}"
+GH_OPENED = "@{sender} opened {kind} #{number} in {repo}, mentioning you: {title}\n\n{body}"
+GH_COMMENT = "@{sender} on {kind} #{number} in {repo} ({title}): {text}"
+GH_REVIEW_COMMENT = (
+    "@{sender} commented on `{path}` in pull request #{number} in {repo} ({title}):\n```diff\n{hunk}\n```\n{text}"
+)
+# Context on the first trigger of a conversation.
+GH_CHECKOUT = (
+    "The repository {repo} is cloned into `{directory}/` in your working directory ({mount_path}), at {checkout}. "
+    "To change code, edit it there and commit with git; you cannot push. When you finish, {after}"
+)
+GH_CHECKOUT_BRANCH = "branch `{branch}`"
+GH_CHECKOUT_COMMIT = "commit `{sha}`"
+GH_AFTER_ISSUE = "your commits are pushed to a new branch and proposed as a draft pull request for this issue."
+GH_AFTER_PULL = "your commits are pushed to this pull request's branch."
+GH_HISTORY_HEADER = "Earlier comments on this {kind}, oldest first:"
+GH_HISTORY_LINE = "[@{author}] {text}"
+
+# The progress comment: a status line over a checklist of what the agent did.
+GH_PROGRESS_WORKING = "⏳ **Working on it…**"
+GH_PROGRESS_DONE = "✅ **Done**"
+GH_PROGRESS_STOPPED = "⏹️ **Stopped**"
+GH_PROGRESS_FAILED = "⚠️ **Stopped by an error**"
+GH_PROGRESS_WAITING = "⏸️ **Waiting for approval**"
+GH_TASK = "- [{mark}] {icon}`{tool}` {summary}"
+GH_TASK_FAILED_ICON = "❌ "
+GH_TASKS_HIDDEN = "- … {count} earlier steps"
+
+# The final comment.
+GH_NO_ANSWER = "Done."
+GH_PULL_OPENED = "I opened the draft pull request #{number} with my changes."
+GH_PULL_UPDATED = "I pushed my new commits to #{number}."
+GH_PUSHED = "I pushed {count} commit(s) to `{branch}`."
+GH_PUSH_FAILED = "I committed changes but could not push them: {detail}"
+GH_PULL_FAILED = "I pushed my commits to `{branch}` but could not open a pull request: {detail}"
+GH_APPROVAL_UNSUPPORTED = (
+    "I am waiting for approval to run {tools}, which cannot be given on GitHub: approve it through the API, "
+    "or let this agent's tools run without asking."
+)
+GH_PULL_TITLE = "{title}"
+GH_PULL_BODY = "Closes #{number}.\n\nThe agent @{bot} made these changes, asked by @{requester}."
+GH_NOT_CONFIGURED = (
+    "No agent answers on this repository yet. An admin sets `OMA_GITHUB_AGENT` (and `OMA_GITHUB_ENVIRONMENT`) "
+    "on the server."
+)
+

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from adapters.github import GITHUB, GITHUB_WEBHOOK_PATH, GitHubAdapter, GitHubSettings
 from adapters.slack import SLACK, SLACK_EVENTS_PATH, SlackAdapter, SlackSettings
 from bot.config import Settings
 from core.api import events, resources, vaults
@@ -53,12 +54,18 @@ def provider_config(settings: Settings) -> ProviderConfig:
     )
 
 
+def sandbox_pool(settings: Settings, platform: Platform) -> SandboxPool:
+    """Sessions' sandboxes; repository tokens are opened from the vault."""
+    root = settings.data_dir / "sandboxes"
+    return SandboxPool(platform.db, runtime=settings.sandbox_runtime, root=root, secrets=platform.vaults)
+
+
 def build_runner(settings: Settings, platform: Platform, http: aiohttp.ClientSession) -> Runner:
     return Runner(
         db=platform.db,
         bus=platform.bus,
         providers=Providers(provider_config(settings)),
-        sandboxes=SandboxPool(platform.db, runtime=settings.sandbox_runtime, root=settings.data_dir / "sandboxes"),
+        sandboxes=sandbox_pool(settings, platform),
         harness_settings=HarnessSettings(
             max_retries=settings.model_max_retries,
             retry_base_seconds=settings.model_retry_base_seconds,
@@ -169,6 +176,41 @@ def mount_linear(app: web.Application, settings: Settings, platform: Platform) -
     return linear
 
 
+def mount_github(app: web.Application, settings: Settings, platform: Platform) -> GitHubAdapter | None:
+    """The GitHub adapter, when the GitHub App is configured: webhooks at POST /github/webhook."""
+    if settings.github_app_id is None or settings.github_private_key is None or settings.github_webhook_secret is None:
+        return None
+    own: list[SandboxPool] = []
+
+    def sandboxes() -> SandboxPool:
+        # The runner's pool when this process runs sessions; otherwise one of its own.
+        if platform.runner is not None:
+            return platform.runner.sandboxes
+        if not own:
+            own.append(sandbox_pool(settings, platform))
+        return own[0]
+
+    github = GitHubAdapter(
+        platform,
+        GitHubSettings(
+            app_id=settings.github_app_id,
+            private_key=settings.github_private_key.get_secret_value(),
+            webhook_secret=settings.github_webhook_secret.get_secret_value(),
+            api_url=settings.github_api_url,
+            bot_login=settings.github_bot_login or "",
+            agent=settings.github_agent,
+            environment=settings.github_environment,
+            trigger_label=settings.github_trigger_label,
+            min_edit_seconds=settings.github_min_edit_seconds,
+            write_interval_seconds=settings.github_write_interval_seconds,
+        ),
+        sandboxes=sandboxes,
+    )
+    app[GITHUB] = github
+    app.router.add_post(GITHUB_WEBHOOK_PATH, github.handle)
+    return github
+
+
 def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.Application:
     app = web.Application(middlewares=[api_middleware], client_max_size=settings.max_body_bytes)
     platform = Platform.build(
@@ -185,6 +227,7 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
     app.router.add_routes(events.routes)
     app.router.add_routes(vaults.routes)
     slack = mount_slack(app, settings, platform)
+    github = mount_github(app, settings, platform)
     linear = mount_linear(app, settings, platform)
     lark = mount_lark(app, settings, platform)
 
@@ -205,6 +248,8 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
         await platform.start()
         if slack is not None:
             await slack.start()
+        if github is not None:
+            await github.start()
         if linear is not None:
             await linear.start()
         if lark is not None:
@@ -217,6 +262,8 @@ def create_app(settings: Settings, *, announce_first_key: bool = False) -> web.A
         yield
         if slack is not None:
             await slack.stop()
+        if github is not None:
+            await github.stop()
         if linear is not None:
             await linear.stop()
         if lark is not None:

@@ -150,6 +150,58 @@ class Settings(BaseSettings):
     lark_streaming: bool = True
     lark_min_edit_seconds: float = Field(default=0.5, ge=0)
 
+    # --- GitHub (adapters/github.py; the App manifest is manifests/github/app-manifest.json) ---
+    # The App's id, private key (PEM text, or the path of the .pem file) and webhook secret turn
+    # the adapter on (POST /github/webhook).
+    github_app_id: str | None = Field(default=None, validation_alias=_env("GITHUB_APP_ID", "OMA_GITHUB_APP_ID"))
+    github_private_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("GITHUB_PRIVATE_KEY", "OMA_GITHUB_PRIVATE_KEY")
+    )
+    github_webhook_secret: SecretStr | None = Field(
+        default=None, validation_alias=_env("GITHUB_WEBHOOK_SECRET", "OMA_GITHUB_WEBHOOK_SECRET")
+    )
+    # GitHub Enterprise Server: https://HOST/api/v3.
+    github_api_url: str = Field(
+        default="https://api.github.com", validation_alias=_env("GITHUB_API_URL", "OMA_GITHUB_API_URL")
+    )
+    # The account whose assignment or @-mention triggers the agent (a machine user, or `<app-slug>[bot]`).
+    github_bot_login: str | None = None
+    # Who answers: an agent id, and an environment id (unset: one named "github", created on first use).
+    github_agent: str | None = None
+    github_environment: str | None = None
+    # Adding this label to an issue or pull request also triggers the agent.
+    github_trigger_label: str | None = None
+    github_min_edit_seconds: float = Field(default=2.0, ge=0)
+    # The pause between writes GitHub asks of integrations (secondary rate limits).
+    github_write_interval_seconds: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_github(self) -> Settings:
+        secret = self.github_private_key
+        parts = (self.github_app_id, secret, self.github_webhook_secret)
+        if all(p is None for p in parts):
+            return self
+        if secret is None or any(p is None for p in parts):
+            raise ValueError("GitHub: set all of GITHUB_APP_ID, GITHUB_PRIVATE_KEY and GITHUB_WEBHOOK_SECRET")
+        if not self.github_bot_login:
+            raise ValueError(
+                "GitHub: set OMA_GITHUB_BOT_LOGIN, the account whose assignment or @-mention triggers the agent"
+            )
+        if not self.github_api_url.startswith(("http://", "https://")):
+            raise ValueError("GITHUB_API_URL must be an http(s) URL, e.g. https://api.github.com")
+        key = secret.get_secret_value().strip().replace("\\n", "\n")
+        if not key.startswith("-----BEGIN"):
+            path = Path(key).expanduser()
+            try:
+                key = path.read_text().strip()
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise ValueError(f"GITHUB_PRIVATE_KEY is neither a PEM key nor a readable file: {reason}") from exc
+            if not key.startswith("-----BEGIN"):
+                raise ValueError(f"GITHUB_PRIVATE_KEY: {path} does not hold a PEM private key")
+        self.github_private_key = SecretStr(key)
+        return self
+
     @model_validator(mode="after")
     def _check_slack(self) -> Settings:
         if self.slack_bot_token is None:

@@ -34,7 +34,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 TENANT = web.RequestKey("tenant_id", str)
 KEYS: web.AppKey[KeyResolver] = web.AppKey("keys", KeyResolver)
 # Webhooks authenticate with the platform's signature instead of an API key.
-PUBLIC_PATHS = frozenset({"/", "/health", "/healthz", "/slack/events", "/lark/events"})
+PUBLIC_PATHS = frozenset({"/", "/health", "/healthz", "/slack/events", "/lark/events", "/github/webhook"})
 
 # More such paths, registered by whatever mounts them (a workspace adapter's webhook and OAuth pages).
 EXTRA_PUBLIC_PATHS: web.AppKey[frozenset[str]] = web.AppKey("extra_public_paths", frozenset)

@@ -1,5 +1,6 @@
 """One sandbox per session, opened on first use and reused across turns; re-attached after a
-restart (the runtime keeps the workspace by session id).
+restart (the runtime keeps the workspace by session id). On first use the session's
+`github_repository` resources are cloned into it (core/runtime/repositories.py).
 
 The runtime comes from the settings (`SANDBOX_RUNTIME`) unless the environment's metadata names
 one (`oma.runtime`, and `oma.image` for container runtimes); networking and packages come from
@@ -9,14 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 
-from core.db import Database, environments
+from core.db import Database, environments, sessions
 from core.environments import PACKAGE_MANAGERS
+from core.runtime import repositories
 from sandbox import SandboxOptions, open_sandbox
+
+log = logging.getLogger("oma.sandboxes")
+
+
+class SessionSecrets(Protocol):
+    """Where a session's repository tokens are opened (the vault)."""
+
+    async def session_secret(self, tenant_id: str, session_id: str, resource_id: str) -> str | None: ...
 
 
 def options_for(config: dict[str, Any], metadata: dict[str, str], env_id: str, base: SandboxOptions) -> SandboxOptions:
@@ -39,17 +50,32 @@ def options_for(config: dict[str, Any], metadata: dict[str, str], env_id: str, b
 
 
 class SandboxPool:
-    def __init__(self, db: Database, *, runtime: str, root: Path, defaults: SandboxOptions | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        runtime: str,
+        root: Path,
+        defaults: SandboxOptions | None = None,
+        secrets: SessionSecrets | None = None,
+    ) -> None:
         self.db = db
         self.runtime = runtime
         self.root = root
         self.defaults = defaults or SandboxOptions()
+        # Opens the sessions' repository tokens; None: repositories are cloned without one.
+        self.secrets = secrets
         self._open: dict[str, Any] = {}
+        # Sessions whose resources were mounted (or tried) since their sandbox was opened.
+        self._mounted: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._idle: dict[str, asyncio.TimerHandle] = {}
         self.idle_seconds = 300.0
 
-    async def get(self, session_id: str, environment_id: str) -> Any:
+    async def get(self, session_id: str, environment_id: str, *, mount: bool = True) -> Any:
+        """The session's sandbox, started. With `mount` (what the session's tools use), its
+        resources are cloned first if this is the first use; without (a look from outside, e.g.
+        for the agent's commits), the sandbox is left as it is."""
         timer = self._idle.pop(session_id, None)
         if timer is not None:
             timer.cancel()
@@ -70,7 +96,36 @@ class SandboxPool:
                 options = options_for(config, metadata, environment_id, self.defaults)
                 sandbox = await open_sandbox(session_id, runtime=runtime, root=self.root, options=options)
                 self._open[session_id] = sandbox
+            if mount and session_id not in self._mounted:
+                self._mounted.add(session_id)
+                await self._mount(session_id, sandbox)
             return sandbox
+
+    async def _mount(self, session_id: str, sandbox: Any) -> None:
+        """Clone the session's repositories that are not in the workspace yet. A failure is logged
+        and leaves the repository out (the agent finds it missing); it is tried again the next
+        time the sandbox is opened."""
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(sessions.c.tenant_id, sessions.c.resources, sessions.c.agent).where(
+                        sessions.c.id == session_id
+                    )
+                )
+            ).first()
+        if row is None:
+            return
+        author = str((row.agent or {}).get("name") or repositories.DEFAULT_AUTHOR)
+        for repo in repositories.repositories(row.resources):
+            try:
+                if await repositories.is_cloned(sandbox, repo):
+                    continue
+                token = None
+                if self.secrets is not None:
+                    token = await self.secrets.session_secret(row.tenant_id, session_id, repo.id)
+                await repositories.clone(sandbox, repo, token, author=author)
+            except Exception as exc:
+                log.warning("session %s: could not clone %s into %s: %s", session_id, repo.url, repo.mount_path, exc)
 
     def idle(self, session_id: str) -> None:
         """The session stopped working: keep its sandbox warm a while for the next turn, then stop it."""
@@ -85,6 +140,7 @@ class SandboxPool:
             timer.cancel()
         sandbox = self._open.pop(session_id, None)
         self._locks.pop(session_id, None)
+        self._mounted.discard(session_id)
         if sandbox is not None:
             await sandbox.stop()
 
