@@ -107,7 +107,6 @@ LARK_HISTORY_HEADER = "Earlier messages in this Lark thread, oldest first:"
 LARK_NOT_CONFIGURED = (
     "No agent answers in this workspace yet. An admin sets `OMA_LARK_AGENT` (and `OMA_LARK_ENVIRONMENT`) on the server."
 )
-GH_PULL_FAILED = "I pushed my commits to `{branch}` but could not open a pull request: {detail}"
 
 # --- GitHub (Markdown) --------------------------------------------------------------------------
 
@@ -160,4 +159,3 @@ GH_NOT_CONFIGURED = (
     "No agent answers on this repository yet. An admin sets `OMA_GITHUB_AGENT` (and `OMA_GITHUB_ENVIRONMENT`) "
     "on the server."
 )
-
