@@ -102,12 +102,17 @@ def fold(turn: dict[str, Any] | None, event: StoredEvent) -> tuple[dict[str, Any
                 waiting = set(stop.get("event_ids") or [])
                 for part in list(turn["parts"]):
                     if part["k"] == "step" and part["id"] in waiting:
-                        note = text.LARK_APPROVAL_ELSEWHERE.format(tool=part["tool"])
-                        turn["parts"].append({"k": "note", "text": note})
+                        template = text.CUSTOM_TOOL_WAITING if part.get("custom") else text.LARK_APPROVAL_ELSEWHERE
+                        turn["parts"].append({"k": "note", "text": template.format(tool=part["tool"])})
         return turn, True
     if kind == "user.interrupt":
         if turn is not None:
             turn["interrupted"] = True
+        return turn, False
+    if kind == "user.custom_tool_result":  # the API client answered a custom tool
+        for part in turn["parts"] if turn is not None else []:
+            if part["k"] == "step" and part["id"] == payload.get("custom_tool_use_id"):
+                part["status"] = "error" if payload.get("is_error") else "complete"
         return turn, False
     error = payload.get("error") or {}
     retry = (error.get("retry_status") or {}).get("type")
@@ -126,7 +131,10 @@ def fold(turn: dict[str, Any] | None, event: StoredEvent) -> tuple[dict[str, Any
         name = str(payload.get("name") or "tool")
         status = "pending" if payload.get("evaluated_permission") == "ask" else "in_progress"
         title = step_title(name, payload.get("input"))
-        parts.append({"k": "step", "id": event.id, "tool": name, "title": title, "status": status})
+        step: dict[str, Any] = {"k": "step", "id": event.id, "tool": name, "title": title, "status": status}
+        if kind == "agent.custom_tool_use":
+            step.update(status="pending", custom=True)
+        parts.append(step)
     elif kind == "agent.tool_result":
         for part in parts:
             if part["k"] == "step" and part["id"] == payload.get("tool_use_id"):
@@ -237,6 +245,7 @@ class LarkReplies:
         if final and reply.get("streaming"):
             await self._close(p, summary_of(turn, final=True))
         if final:
+            self._next_edit.pop(reply["message_id"], None)
             p.turn = None
             p.st["reply"] = None
         p.shown_turn = copy.deepcopy(p.turn)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import json
 import secrets
 import time
@@ -455,6 +456,29 @@ def test_rate_limit_is_honoured(ws: Workspace) -> None:
     assert [ws.lark.shown(m) for m in ws.replies(root)] == ["After the wait."]
 
 
+def test_updates_are_coalesced(ws: Workspace) -> None:
+    ws.install()
+    replies = ws.adapter.replies
+    replies.min_edit_seconds = 1.0
+    try:
+        for n in range(4):
+            script(ws, f"Step {n}.", tool_use={"name": "bash", "input": {"command": f"echo {n}"}})
+        script(ws, "All four done.")
+        body = ws.mention("four quick steps")
+        root = body["event"]["message"]["message_id"]
+        ws.event(body)
+        (message,) = ws.wait_answered(root)
+    finally:
+        replies.min_edit_seconds = 0.05
+    card = ws.lark.card_of(message)
+    assert card is not None and card.text.endswith("✅ `bash` echo 3\n\nAll four done.")
+    updates = [c.at for c in ws.calls("cardkit.v1.card_element.content")]
+    # Eight tool events and five messages, in at most a few updates a second apart (the last
+    # one, at the end of the turn, is not held back).
+    assert len(updates) < 8
+    assert all(later - earlier >= 0.9 for earlier, later in itertools.pairwise(updates[:-1]))
+
+
 def test_a_lost_reply_is_not_posted_twice(ws: Workspace) -> None:
     ws.install()
     ws.lark.drop("im.v1.message.reply")
@@ -498,13 +522,12 @@ def test_stop_interrupts_and_the_card_says_so(ws: Workspace) -> None:
     (message,) = wait_for(lambda: ws.replies(root), "the card")
     wait_for(lambda: "⏳ `bash` sleep 60" in ws.lark.shown(message), "the running step")
     ws.event(ws.mention("stop", root=root))
-    # (The harness calls the model once more after an interrupted tool; that answer is a new card.)
-    first = ws.wait_answered(root)[0]
+    (first,) = ws.wait_answered(root)
     shown = ws.lark.shown(first)
     assert shown.startswith("Starting a long job.\n\n❌ `bash` sleep 60") and shown.endswith(text.STOPPED)
     session = ws.sessions()[0]
     interrupts = list(ws.client.beta.sessions.events.list(session.id, types=["user.interrupt"]))
-    assert len(interrupts) == 1
+    assert len(interrupts) == 1 and len(ws.requests()) == 1
 
 
 def test_a_tool_that_needs_approval_says_how_to_give_it(ws: Workspace) -> None:
@@ -522,6 +545,18 @@ def test_a_tool_that_needs_approval_says_how_to_give_it(ws: Workspace) -> None:
     (session,) = ws.sessions()
     idle = list(ws.client.beta.sessions.events.list(session.id, types=["session.status_idle"]))
     assert session.status == "idle" and idle[-1].stop_reason.type == "requires_action"
+
+
+def test_a_custom_tool_waits_for_the_api_client(ws: Workspace) -> None:
+    lookup = {"type": "custom", "name": "lookup", "description": "Looks things up.", "input_schema": {"type": "object"}}
+    ws.install(tools=[lookup])
+    script(ws, "Looking it up.", tool_use={"name": "lookup", "input": {"query": "rivers"}})
+    body = ws.mention("look it up")
+    root = body["event"]["message"]["message_id"]
+    ws.event(body)
+    (message,) = ws.wait_answered(root)
+    shown = ws.lark.shown(message)
+    assert "◻️ `lookup` rivers" in shown and shown.endswith(text.CUSTOM_TOOL_WAITING.format(tool="lookup"))
 
 
 def test_a_card_whose_streaming_lark_closed_is_reopened(ws: Workspace) -> None:
