@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
@@ -32,9 +32,12 @@ import orjson
 import requests
 from aiohttp import web
 from github import Auth, Github, GithubException, GithubIntegration
+from sqlalchemy import select
 
 from adapters import messages as text
 from adapters.base import AdapterWorker, Delivery, Inbound, Route, WorkerSettings
+from core.credentials import CredentialKind
+from core.db import vaults
 from core.platform import Platform
 from core.runtime.sandboxes import SandboxPool
 
@@ -53,9 +56,9 @@ MAX_BODY = 20_000
 
 @dataclass(frozen=True)
 class GitHubSettings:
-    app_id: str
-    private_key: str
-    webhook_secret: str
+    app_id: str = ""
+    private_key: str = ""
+    webhook_secret: str = ""
     api_url: str = "https://api.github.com"
     # The account whose assignment or @-mention triggers the agent (a machine user, or the App's
     # `<slug>[bot]`); its comments, and the App's, are never taken as prompts.
@@ -70,6 +73,9 @@ class GitHubSettings:
     # PyGithub's pause between writes (GitHub asks for one second to avoid secondary rate limits).
     write_interval_seconds: float = 1.0
     branch_prefix: str = "oma/"
+    # A vault id: its `github_app` credential supplies the App's id, private key and webhook
+    # secret, read at start-up (a webhook secret set here is used when the credential has none).
+    vault: str | None = None
     timeout_seconds: int = 15
 
 
@@ -183,24 +189,35 @@ class GitHubApp:
 
     def __init__(self, settings: GitHubSettings) -> None:
         self.settings = settings
-        self.integration = GithubIntegration(
-            auth=Auth.AppAuth(settings.app_id, settings.private_key),
-            base_url=settings.api_url,
-            timeout=settings.timeout_seconds,
-            retry=None,
-            seconds_between_requests=None,
-            seconds_between_writes=None,
-        )
-        self.tokens = _Tokens(self.integration)
+        self._integration: GithubIntegration | None = None
+        self._tokens: _Tokens | None = None
         self._clients: dict[int, Github] = {}
         self._lock = threading.Lock()
 
+    @property
+    def tokens(self) -> _Tokens:
+        with self._lock:
+            if self._tokens is None:
+                if not self.settings.app_id or not self.settings.private_key:
+                    raise Rejected(503, "the GitHub App's id and private key are not configured")
+                self._integration = GithubIntegration(
+                    auth=Auth.AppAuth(self.settings.app_id, self.settings.private_key),
+                    base_url=self.settings.api_url,
+                    timeout=self.settings.timeout_seconds,
+                    retry=None,
+                    seconds_between_requests=None,
+                    seconds_between_writes=None,
+                )
+                self._tokens = _Tokens(self._integration)
+            return self._tokens
+
     def client(self, installation_id: int) -> Github:
+        tokens = self.tokens
         with self._lock:
             found = self._clients.get(installation_id)
             if found is None:
                 found = self._clients[installation_id] = Github(
-                    auth=_InstallationAuth(self.tokens, installation_id),
+                    auth=_InstallationAuth(tokens, installation_id),
                     base_url=self.settings.api_url,
                     timeout=self.settings.timeout_seconds,
                     # No automatic retries: a retried post whose first response was lost would
@@ -225,7 +242,8 @@ class GitHubApp:
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
-        self.integration.close()
+        if self._integration is not None:
+            self._integration.close()
 
 
 def mention_pattern(login: str) -> re.Pattern[str] | None:
@@ -270,7 +288,27 @@ class GitHubAdapter:
         )
 
     async def start(self) -> None:
+        if self.settings.vault is not None:
+            self.settings = await self._from_vault(self.settings.vault)
+            self.app = GitHubApp(self.settings)
         await self.worker.start()
+
+    async def _from_vault(self, vault_id: str) -> GitHubSettings:
+        """The App's credentials from the vault's `github_app` credential (fails the start-up if absent)."""
+        async with self.core.db.read() as conn:
+            found = await conn.execute(select(vaults.c.tenant_id).where(vaults.c.id == vault_id))
+            tenant_id = found.scalar_one_or_none()
+        credential = None
+        if tenant_id is not None:
+            credential = await self.core.vaults.workspace_credential(tenant_id, vault_id, CredentialKind.GITHUB_APP)
+        if credential is None:
+            raise ValueError(f"OMA_GITHUB_VAULT: vault {vault_id} has no active github_app credential")
+        return replace(
+            self.settings,
+            app_id=str(credential["app_id"]),
+            private_key=str(credential["private_key"]).strip().replace("\\n", "\n"),
+            webhook_secret=str(credential.get("webhook_secret") or self.settings.webhook_secret),
+        )
 
     async def stop(self) -> None:
         await self.worker.stop()
@@ -293,6 +331,8 @@ class GitHubAdapter:
     async def handle(self, request: web.Request) -> web.Response:
         """POST /github/webhook: verified, translated and queued before GitHub gets its answer."""
         body = await request.read()
+        if not self.settings.webhook_secret:  # e.g. a vault credential without one: nothing to check with
+            return web.json_response({"ok": False, "error": "no webhook secret is configured"}, status=503)
         if not verify_signature(self.settings.webhook_secret, body, request.headers.get("X-Hub-Signature-256")):
             return web.json_response({"ok": False, "error": "invalid signature"}, status=401)
         event = request.headers.get("X-GitHub-Event", "")

@@ -32,7 +32,7 @@ from core.runtime import repositories
 from sandbox.base import SandboxError
 
 if TYPE_CHECKING:
-    from adapters.github import GitHubAdapter
+    from adapters.github import GitHubAdapter, GitHubApp, GitHubSettings
 
 log = logging.getLogger("oma.adapters.github")
 
@@ -126,10 +126,16 @@ class GitHubReplies:
 
     def __init__(self, adapter: GitHubAdapter) -> None:
         self.adapter = adapter
-        self.app = adapter.app
-        self.settings = adapter.settings
         self._next_edit: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+
+    @property
+    def app(self) -> GitHubApp:
+        return self.adapter.app
+
+    @property
+    def settings(self) -> GitHubSettings:
+        return self.adapter.settings
 
     def _issue(self, p: _Pass) -> Any:
         gh = self.app.client(int(p.address["installation"]))

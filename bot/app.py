@@ -177,8 +177,10 @@ def mount_linear(app: web.Application, settings: Settings, platform: Platform) -
 
 
 def mount_github(app: web.Application, settings: Settings, platform: Platform) -> GitHubAdapter | None:
-    """The GitHub adapter, when the GitHub App is configured: webhooks at POST /github/webhook."""
-    if settings.github_app_id is None or settings.github_private_key is None or settings.github_webhook_secret is None:
+    """The GitHub adapter, when the GitHub App is configured (or OMA_GITHUB_VAULT names its
+    credential): webhooks at POST /github/webhook."""
+    configured = settings.github_app_id is not None and settings.github_private_key is not None
+    if not configured and settings.github_vault is None:
         return None
     own: list[SandboxPool] = []
 
@@ -193,9 +195,10 @@ def mount_github(app: web.Application, settings: Settings, platform: Platform) -
     github = GitHubAdapter(
         platform,
         GitHubSettings(
-            app_id=settings.github_app_id,
-            private_key=settings.github_private_key.get_secret_value(),
-            webhook_secret=settings.github_webhook_secret.get_secret_value(),
+            app_id=settings.github_app_id or "",
+            private_key=_secret(settings.github_private_key) or "",
+            webhook_secret=_secret(settings.github_webhook_secret) or "",
+            vault=settings.github_vault,
             api_url=settings.github_api_url,
             bot_login=settings.github_bot_login or "",
             agent=settings.github_agent,

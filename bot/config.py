@@ -174,21 +174,28 @@ class Settings(BaseSettings):
     github_min_edit_seconds: float = Field(default=2.0, ge=0)
     # The pause between writes GitHub asks of integrations (secondary rate limits).
     github_write_interval_seconds: float = Field(default=1.0, ge=0)
+    # Instead of GITHUB_APP_ID, GITHUB_PRIVATE_KEY (and GITHUB_WEBHOOK_SECRET): a vault id whose
+    # `github_app` credential holds them (read at start).
+    github_vault: str | None = None
 
     @model_validator(mode="after")
     def _check_github(self) -> Settings:
         secret = self.github_private_key
         parts = (self.github_app_id, secret, self.github_webhook_secret)
-        if all(p is None for p in parts):
+        if all(p is None for p in parts) and self.github_vault is None:
             return self
-        if secret is None or any(p is None for p in parts):
-            raise ValueError("GitHub: set all of GITHUB_APP_ID, GITHUB_PRIVATE_KEY and GITHUB_WEBHOOK_SECRET")
+        if self.github_vault is None and (secret is None or any(p is None for p in parts)):
+            raise ValueError(
+                "GitHub: set all of GITHUB_APP_ID, GITHUB_PRIVATE_KEY and GITHUB_WEBHOOK_SECRET, or OMA_GITHUB_VAULT"
+            )
         if not self.github_bot_login:
             raise ValueError(
                 "GitHub: set OMA_GITHUB_BOT_LOGIN, the account whose assignment or @-mention triggers the agent"
             )
         if not self.github_api_url.startswith(("http://", "https://")):
             raise ValueError("GITHUB_API_URL must be an http(s) URL, e.g. https://api.github.com")
+        if secret is None:
+            return self
         key = secret.get_secret_value().strip().replace("\\n", "\n")
         if not key.startswith("-----BEGIN"):
             path = Path(key).expanduser()

@@ -24,6 +24,7 @@ import pytest
 from adapters import messages as text
 from adapters.base import Route
 from adapters.github import GITHUB, GitHubAdapter, mention_pattern, verify_signature
+from core.credentials import CredentialCreate, VaultCreate
 from core.fakes.github_api import FakeGitHub, sign
 from core.fakes.model_server import FakeModelServer
 from core.keys import create_key, create_tenant
@@ -474,6 +475,49 @@ def test_no_agent_configured_says_so(ws: Workspace) -> None:
     notice = wait_for(lambda: ws.bot_comments(), "the explanation")[0]
     assert notice.body == text.GH_NOT_CONFIGURED
     assert ws.sessions() == []
+
+
+def test_app_credentials_from_the_vault(
+    backend: str, model: FakeModelServer, github: FakeGitHub, loop: LoopThread, tmp_path: Path
+) -> None:
+    """OMA_GITHUB_VAULT instead of GITHUB_APP_ID, GITHUB_PRIVATE_KEY and GITHUB_WEBHOOK_SECRET: they
+    come from a `github_app` credential, sealed in the vault."""
+    none = {"github_app_id": None, "github_private_key": None, "github_webhook_secret": None}
+    with database_url(backend, tmp_path) as url:
+        first = ServerThread(github_settings(url, tmp_path, model, github, **none)).start()
+        try:
+
+            async def seal() -> str:
+                platform = first.platform
+                tenant_id = await create_tenant(platform.db, "github-admin")
+                vault = await platform.vaults.create(tenant_id, VaultCreate(display_name="GitHub App"))
+                auth = {"type": "github_app", "app_id": str(github.app_id), "private_key": github.private_key_pem}
+                auth["webhook_secret"] = SECRET
+                await platform.vaults.create_credential(
+                    tenant_id, vault["id"], CredentialCreate.model_validate({"auth": auth})
+                )
+                return str(vault["id"])
+
+            vault_id = first.call(seal)
+            assert first.app is not None and GITHUB not in first.app  # nothing configured: no adapter
+        finally:
+            first.stop()
+        second = ServerThread(github_settings(url, tmp_path, model, github, github_vault=vault_id, **none)).start()
+        ws = Workspace(second, loop, model, github)
+        try:
+            assert ws.adapter.settings.app_id == str(github.app_id)
+            ws.install()
+            script(ws, "Configured from the vault.")
+            assert ws.deliver("issues", ws.assigned()).status_code == 202
+            ws.wait_idle_delivered()
+            (final,) = ws.bot_comments()
+            assert final.body.endswith("Configured from the vault.")
+            raw = json.dumps(ws.assigned()).encode()
+            forged = {**sign("not-the-secret", raw), "X-GitHub-Event": "issues", "X-GitHub-Delivery": "x"}
+            assert ws.http.post("/github/webhook", content=raw, headers=forged).status_code == 401
+        finally:
+            ws.close()
+            second.stop()
 
 
 # --- units -------------------------------------------------------------------------------------
