@@ -93,6 +93,8 @@ def github_settings(url: str, tmp: Path, model: FakeModelServer, github: FakeGit
         "github_bot_login": BOT,
         "github_min_edit_seconds": 0.05,
         "github_write_interval_seconds": 0,
+        # The tests look into the workspace on the host (the token must not be there).
+        "sandbox_runtime": "local-subprocess",
     }
     values.update(overrides)
     return make_settings(url, **values)
