@@ -63,6 +63,7 @@ class Server:
             "OMA_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
             "OMA_API_KEY": self.key,
             "OMA_DATA_DIR": str(workdir / "data"),
+            "SANDBOX_RUNTIME": "local-subprocess",
             "OMA_LOG_LEVEL": "WARNING",
             "OMA_RUNNER_CONCURRENCY": "256",
             **(extra_env or {}),

@@ -71,9 +71,7 @@ class Settings(BaseSettings):
     tool_timeout_seconds: float = Field(default=120.0, gt=0)
     compact_at_tokens: int = Field(default=150_000, ge=1000)
     web_fetch_allow_private: bool = False
-    sandbox_runtime: str = Field(
-        default="local-subprocess", validation_alias=_env("SANDBOX_RUNTIME", "OMA_SANDBOX_RUNTIME")
-    )
+    sandbox_runtime: str = Field(default="auto", validation_alias=_env("SANDBOX_RUNTIME", "OMA_SANDBOX_RUNTIME"))
 
     # --- Slack (adapters/slack.py; the app manifest is manifests/slack/manifest.json) ---
     slack_bot_token: SecretStr | None = Field(

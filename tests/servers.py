@@ -148,6 +148,13 @@ class LoopThread:
 
 
 def make_settings(url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"database_url": url, "stream_ping_seconds": 0.5, "api_key": None, "runner_enabled": False}
+    values: dict[str, Any] = {
+        "database_url": url,
+        "stream_ping_seconds": 0.5,
+        "api_key": None,
+        "runner_enabled": False,
+        # Tests of the runner use the local runtime; the sandbox suites cover the isolating ones.
+        "sandbox_runtime": "local-subprocess",
+    }
     values.update(overrides)
     return Settings(**values)

@@ -115,6 +115,7 @@ def world(backend: str, tmp_path: Path) -> Iterator[tuple[FakeProcess, Server, P
             "OMA_DATABASE_URL": url,
             "OMA_API_KEY": "oma_" + secrets.token_hex(16),
             "OMA_DATA_DIR": str(tmp_path / "data"),
+            "SANDBOX_RUNTIME": "local-subprocess",
             "OMA_LOG_LEVEL": "WARNING",
             "ANTHROPIC_API_KEY": "sk-ant-test",
             "ANTHROPIC_BASE_URL": fake.url,

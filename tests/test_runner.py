@@ -356,7 +356,7 @@ def test_interrupt_mid_tool(rclient: anthropic.Anthropic, script: Script) -> Non
     # The interrupted turn is over: the model is not called again until the next message.
     script.reply("Understood, stopping there.")
     run_turn(rclient, session_id, msg("next"))
-    first, second = script.requests()
+    _, second = script.requests()
     last = second["messages"][-1]["content"]
     assert last[0]["type"] == "tool_result" and last[0]["is_error"] is True
     assert last[-1]["text"] == "next"
