@@ -31,7 +31,7 @@ from core.keys import create_key, create_tenant
 from tests.servers import LoopThread, ServerThread, database_url, make_settings
 
 T = TypeVar("T")
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lark"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lark"  # copied from the shared fixtures
 ENCRYPT_KEY = "kl9yCIusJwVZ4DDjzd1XnbeFD2P5dPsA"
 # The verification token the fixtures' events carry.
 TOKEN = "rvaYgkND1GOiu5MM0E1rncYC6PLtF7JV"

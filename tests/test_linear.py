@@ -35,7 +35,7 @@ from tests.servers import LoopThread, ServerThread, database_url, make_settings
 
 T = TypeVar("T")
 SECRET = "lin_wh_5f1c2e3d4b5a69788796a5b4c3d2e1f0"
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "linear"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "linear"  # copied from the shared fixtures
 DEADLINE = 20.0
 SESSION_URL = "https://oma.example.com/sessions/{session_id}"
 
