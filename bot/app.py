@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from adapters.github import GITHUB, GITHUB_WEBHOOK_PATH, GitHubAdapter, GitHubSettings
 from adapters.slack import SLACK, SLACK_EVENTS_PATH, SlackAdapter, SlackSettings
 from bot.config import Settings
 from core.api import events, resources, vaults
@@ -24,6 +23,7 @@ from core.runtime.sandboxes import SandboxPool
 from vault.keyring import KeyringFile, KeyringSource, keyring_source
 
 if TYPE_CHECKING:
+    from adapters.github import GitHubAdapter
     from adapters.lark import LarkAdapter
     from adapters.linear import LinearAdapter
 
@@ -182,6 +182,10 @@ def mount_github(app: web.Application, settings: Settings, platform: Platform) -
     configured = settings.github_app_id is not None and settings.github_private_key is not None
     if not configured and settings.github_vault is None:
         return None
+    # Imported only when configured: PyGithub takes about a second to import, which every restart
+    # (and so crash recovery) would otherwise pay.
+    from adapters.github import GITHUB, GITHUB_WEBHOOK_PATH, GitHubAdapter, GitHubSettings
+
     own: list[SandboxPool] = []
 
     def sandboxes() -> SandboxPool:
