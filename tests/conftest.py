@@ -6,8 +6,9 @@ from pathlib import Path
 import anthropic
 import pytest
 
+from core.fakes.model_server import FakeModelServer
 from core.keys import create_key, create_tenant
-from tests.servers import ServerThread, database_url, make_settings, postgres_admin_url
+from tests.servers import LoopThread, ServerThread, database_url, make_settings, postgres_admin_url
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -52,6 +53,23 @@ def api_key(server: ServerThread) -> str:
 def client(server: ServerThread, api_key: str) -> Iterator[anthropic.Anthropic]:
     with anthropic.Anthropic(base_url=server.url, api_key=api_key, max_retries=0, timeout=30) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    """An event loop in a thread for the fake servers a test module drives."""
+    thread = LoopThread()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture(scope="module")
+def model(loop: LoopThread) -> Iterator[FakeModelServer]:
+    """The scripted fake model server (Anthropic and OpenAI wire protocols)."""
+    server = FakeModelServer()
+    loop.call(server.start)
+    yield server
+    loop.call(server.stop)
 
 
 @pytest.fixture

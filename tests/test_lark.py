@@ -12,9 +12,9 @@ import json
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anthropic
 import httpx
@@ -28,9 +28,8 @@ from core.credentials import CredentialCreate, VaultCreate
 from core.fakes.lark_api import Call, FakeLark, Message, encrypt, sign
 from core.fakes.model_server import FakeModelServer
 from core.keys import create_key, create_tenant
-from tests.servers import LoopThread, ServerThread, database_url, make_settings
+from tests.servers import LoopThread, ServerThread, database_url, make_settings, wait_for
 
-T = TypeVar("T")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lark"  # copied from the shared fixtures
 ENCRYPT_KEY = "kl9yCIusJwVZ4DDjzd1XnbeFD2P5dPsA"
 # The verification token the fixtures' events carry.
@@ -43,32 +42,7 @@ def fixture(name: str) -> dict[str, Any]:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # --- servers -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.stop()
-
-
-@pytest.fixture(scope="module")
-def model(loop: LoopThread) -> Iterator[FakeModelServer]:
-    server = FakeModelServer()
-    loop.call(server.start)
-    yield server
-    loop.call(server.stop)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anthropic
 import httpx
@@ -31,9 +31,8 @@ from core.db import adapter_bindings, adapter_inbox, sessions, vault_credentials
 from core.fakes.linear_api import Activity, FakeLinear, Session, sign
 from core.fakes.model_server import FakeModelServer
 from core.keys import create_key, create_tenant
-from tests.servers import LoopThread, ServerThread, database_url, make_settings
+from tests.servers import LoopThread, ServerThread, database_url, make_settings, wait_for
 
-T = TypeVar("T")
 SECRET = "lin_wh_5f1c2e3d4b5a69788796a5b4c3d2e1f0"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "linear"  # copied from the shared fixtures
 DEADLINE = 20.0
@@ -44,32 +43,7 @@ def fixture(name: str) -> dict[str, Any]:
     return dict(json.loads((FIXTURES / f"{name}.json").read_text()))
 
 
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # --- servers -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.stop()
-
-
-@pytest.fixture(scope="module")
-def model(loop: LoopThread) -> Iterator[FakeModelServer]:
-    server = FakeModelServer()
-    loop.call(server.start)
-    yield server
-    loop.call(server.stop)
 
 
 @pytest.fixture(scope="module")

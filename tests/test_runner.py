@@ -5,7 +5,6 @@ and OpenAI Chat Completions streaming protocols; the official SDKs drive both si
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -463,16 +462,6 @@ def test_unknown_model_provider_is_a_clear_terminal_error(rclient: anthropic.Ant
     events = run_turn(rclient, session_id, msg("hi"))
     error = next(e for e in events if e.type == "session.error")
     assert "provider/model" in error.error.message and error.error.retry_status.type == "terminal"
-
-
-def wait_for(predicate: Any, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture(scope="module")

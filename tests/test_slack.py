@@ -14,7 +14,7 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anthropic
 import httpx
@@ -27,9 +27,8 @@ from adapters.slack_format import to_mrkdwn
 from core.fakes.model_server import FakeModelServer
 from core.fakes.slack_api import FakeSlack, Message, sign
 from core.keys import create_key, create_tenant
-from tests.servers import LoopThread, ServerThread, database_url, make_settings
+from tests.servers import LoopThread, ServerThread, database_url, make_settings, wait_for
 
-T = TypeVar("T")
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 # Real Slack payloads (copied from the project's shared fixtures).
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slack"
@@ -40,32 +39,7 @@ def fixture(name: str) -> dict[str, Any]:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # --- servers -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.stop()
-
-
-@pytest.fixture(scope="module")
-def model(loop: LoopThread) -> Iterator[FakeModelServer]:
-    server = FakeModelServer()
-    loop.call(server.start)
-    yield server
-    loop.call(server.stop)
 
 
 @pytest.fixture(scope="module")
