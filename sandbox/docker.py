@@ -38,28 +38,25 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sandbox.base import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_TIMEOUT,
     WORKSPACE,
     ExecResult,
-    FileNotFound,
     FileTooLarge,
-    IsADirectory,
-    PathOutsideWorkspace,
     Sandbox,
     SandboxError,
     SandboxOptions,
     SandboxUnavailable,
     check_session_id,
 )
-from sandbox.local import _Capture
+from sandbox.shell import FILE_ERRORS, FILE_OP, KILL_ONE, Bytes, Capture, Report, Sink, Streams, cwd_error, first
 
 try:
     import docker
@@ -159,100 +156,6 @@ done
 exit 1
 """
 
-# One command's processes while others run: $1 token, $2 wrapper pid, $3 $4 its output pipes
-# ('' when unknown: then the wrapper is found by the token on its command line). Kills the
-# wrapper's session and process group, their descendants and whoever holds the output pipes.
-_KILL_ONE = r"""
-t=$1 root=$2 out=$3 err=$4
-if [ -z "$root" ]; then
-  for q in /proc/[0-9]*; do
-    [ -O "$q" ] || continue
-    case " $(tr '\0' ' ' < "$q/cmdline" 2>/dev/null) " in *" oma-exec $t "*) root=${q#/proc/}; break ;; esac
-  done
-  [ -n "$root" ] || exit 0
-  out=$(readlink "/proc/$root/fd/1" 2>/dev/null)
-  err=$(readlink "/proc/$root/fd/3" 2>/dev/null)
-fi
-round=0
-while [ $round -lt 10 ]; do
-  round=$((round + 1))
-  table= kin=" "
-  for q in /proc/[0-9]*; do
-    pid=${q#/proc/}
-    [ "$pid" = $$ ] && continue
-    [ -O "$q" ] || continue
-    read -r s < "$q/stat" 2>/dev/null || continue
-    set -- ${s##*") "}
-    [ "$1" = Z ] && continue
-    if [ "$pid" = "$root" ] || [ "$3" = "$root" ] || [ "$4" = "$root" ]; then
-      kin="$kin$pid "
-    elif [ -n "$out$err" ]; then
-      case " $(readlink "$q/fd/1" 2>/dev/null) $(readlink "$q/fd/2" 2>/dev/null) " in
-        *" $out "* | *" $err "*) kin="$kin$pid " ;;
-        *) table="$table $pid:$2" ;;
-      esac
-    else
-      table="$table $pid:$2"
-    fi
-  done
-  grown=1
-  while [ -n "$grown" ]; do
-    grown=
-    for e in $table; do
-      case "$kin" in *" ${e%%:*} "*) continue ;; *" ${e#*:} "*) kin="$kin${e%%:*} "; grown=1 ;; esac
-    done
-  done
-  [ "$kin" = " " ] && exit 0
-  kill -9 $kin 2>/dev/null
-done
-"""
-
-# File operations: $1 op (path|read|write), $2 absolute path, $3 read limit. Exit codes 80-86
-# (see _FILE_ERRORS); `read` prints the bytes, `write` the mode of an existing file, a newline
-# and the resolved path, having created the parent directories.
-_FILE_OP = r"""
-resolve() {  # like `realpath -m`, which busybox lacks: resolve the part that exists, keep the rest
-  r=$(realpath -m -- "$1" 2>/dev/null) && return
-  h=$1 rest=
-  while [ -n "$h" ] && [ ! -e "$h" ] && [ ! -L "$h" ]; do rest=/${h##*/}$rest; h=${h%/*}; done
-  h=$(readlink -f -- "${h:-/}" 2>/dev/null) || return 1
-  case $rest in */.. | */../*) return 1 ;; esac
-  r=${h%/}$rest
-}
-op=$1
-resolve "$2" || exit 81
-case $r in /workspace|/workspace/*) ;; *) exit 80 ;; esac
-case $op in
-path) printf '%s' "$r" ;;
-read)
-  [ -d "$r" ] && exit 82
-  [ -e "$r" ] || exit 81
-  [ -f "$r" ] || exit 83
-  [ -r "$r" ] || { echo "permission denied" >&2; exit 86; }
-  if [ -n "$3" ]; then
-    size=$(stat -c %s -- "$r" 2>/dev/null || wc -c < "$r") || exit 86
-    [ "$size" -gt "$3" ] && { printf '%s' "$size"; exit 84; }
-    exec head -c $(($3 + 1)) -- "$r"
-  fi
-  exec cat -- "$r" ;;
-write)
-  [ -d "$r" ] && exit 82
-  { [ -e "$r" ] || [ -L "$r" ]; } && [ ! -f "$r" ] && exit 83
-  parent=${r%/*}
-  if ! mkdir -p -- "${parent:-/}" 2>/dev/null; then
-    h=$parent
-    while [ -n "$h" ] && [ ! -e "$h" ]; do h=${h%/*}; done
-    [ -d "${h:-/}" ] || exit 85
-    echo "cannot create the parent directory" >&2
-    exit 86
-  fi
-  [ -d "${parent:-/}" ] || exit 85
-  mode=
-  [ -f "$r" ] && mode=$(stat -c %a -- "$r" 2>/dev/null)
-  printf '%s\n%s' "$mode" "$r" ;;
-esac
-"""
-
 _INSTALL_PRELUDE = r"""
 export DEBIAN_FRONTEND=noninteractive
 updated=
@@ -299,59 +202,7 @@ def available(image: str | None = None) -> str | None:
     return None
 
 
-class _Sink(Protocol):
-    def feed(self, data: bytes) -> None: ...
-
-
-class _Bytes:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        self.data += data
-
-
-class _Streams:
-    """Splits an exec's multiplexed output into two sinks and takes the wrapper's report lines out
-    of stderr (holding back the end of stderr until it is known not to start one). The command can
-    see the token and print a report line too: only the last one counts, and only if the engine's
-    exit code agrees with it."""
-
-    def __init__(self, out: _Sink, err: _Sink, token: str, on_dirty: Callable[[], None]) -> None:
-        self.out = out
-        self.err = err
-        self.report: _Report | None = None
-        self._marker = f"oma-exit:{token}:".encode()
-        self._held = bytearray()
-        self._on_dirty = on_dirty
-
-    def feed(self, stream: int, data: bytes) -> None:
-        if stream == 1:
-            self.out.feed(data)
-            return
-        if stream != 2:
-            return
-        self._held += data
-        while (start := self._held.find(self._marker)) >= 0:
-            end = self._held.find(b"\n", start)
-            if end < 0:
-                return  # the rest of the line is still on its way
-            self.err.feed(bytes(self._held[:start]))
-            self.report = _Report.parse(self._held[start + len(self._marker) : end].decode(errors="replace"))
-            del self._held[: end + 1]
-            if self.report.dirty:
-                self._on_dirty()
-        keep = len(self._marker)
-        if len(self._held) > keep:
-            self.err.feed(bytes(self._held[:-keep]))
-            del self._held[:-keep]
-
-    def finish(self) -> None:
-        self.err.feed(bytes(self._held))
-        self._held.clear()
-
-
-def _pump(sock: socket.socket, pending: bytes, streams: _Streams) -> None:
+def _pump(sock: socket.socket, pending: bytes, streams: Streams) -> None:
     """Reads the exec's frames (8-byte header: stream, 3 zero bytes, big-endian length) to EOF."""
     buf = bytearray(pending)
     while True:
@@ -417,42 +268,10 @@ def _hijack(exec_id: str, handle: Any) -> _Hijacked:
 
 
 @dataclass(frozen=True)
-class _Report:
-    """The wrapper's last line: `<exit code> <pid> clean`, `<exit code> <pid> dirty <stdout pipe>
-    <stderr pipe>` (processes of the sandbox user are still alive), or `fail <reason>` (bad cwd)."""
-
-    exit_code: int | None = None
-    failure: str | None = None
-    dirty: bool = True
-    pid: str = ""
-    pipes: tuple[str, str] = ("", "")
-
-    @classmethod
-    def parse(cls, line: str) -> _Report:
-        fields = line.split()
-        if fields[:1] == ["fail"]:
-            return cls(failure=fields[1] if len(fields) > 1 else "missing", dirty=False)
-        if len(fields) < 3 or not fields[0].isdigit():
-            return cls()
-        pipes = (*fields[4:6], "", "")
-        return cls(exit_code=int(fields[0]), dirty=fields[2] != "clean", pid=fields[1], pipes=(pipes[0], pipes[1]))
-
-
-@dataclass(frozen=True)
 class _Outcome:
     exit_code: int
     timed_out: bool
     failure: str | None = None  # the wrapper refused the cwd: outside, missing, notdir, denied
-
-
-# The file script's exit codes, as local.py words them.
-_FILE_ERRORS: Mapping[int, tuple[type[SandboxError], str]] = {
-    80: (PathOutsideWorkspace, "{path}: outside the workspace (" + WORKSPACE + ")"),
-    81: (FileNotFound, "{path}: no such file"),
-    82: (IsADirectory, "{path} is a directory"),
-    83: (SandboxError, "{path} is not a regular file"),
-    85: (SandboxError, "{path}: a parent of this path is a file, not a directory"),
-}
 
 
 class DockerSandbox(Sandbox):
@@ -724,10 +543,10 @@ class DockerSandbox(Sandbox):
         if any("\0" in a for a in argv) or any("\0" in k + v or "=" in k or not k for k, v in run_env.items()):
             raise SandboxError(f"exec: cannot start {argv[0]!r}: NUL byte in an argument, or a bad variable name")
         where = "" if cwd is None else _sandbox_path(cwd)
-        out, err = _Capture(max_output), _Capture(max_output)
+        out, err = Capture(max_output), Capture(max_output)
         outcome = await self._run(argv, where, run_env, timeout, out, err)
         if outcome.failure is not None:
-            raise _cwd_error(cwd or WORKSPACE, outcome.failure)
+            raise cwd_error(cwd or WORKSPACE, outcome.failure)
         return ExecResult(
             exit_code=outcome.exit_code,
             stdout=out.text(),
@@ -737,7 +556,7 @@ class DockerSandbox(Sandbox):
         )
 
     async def _run(
-        self, argv: list[str], cwd: str, env: dict[str, str], limit: float, out: _Sink, err: _Sink
+        self, argv: list[str], cwd: str, env: dict[str, str], limit: float, out: Sink, err: Sink
     ) -> _Outcome:
         token = secrets.token_hex(12)
         loop = asyncio.get_running_loop()
@@ -746,7 +565,7 @@ class DockerSandbox(Sandbox):
         def on_dirty() -> None:
             loop.call_soon_threadsafe(survivors.set)
 
-        streams = _Streams(out, err, token, on_dirty)
+        streams = Streams(out, err, token, on_dirty)
         command = ["/bin/sh", "-c", _WRAPPER, "oma-exec", token, cwd, "" if "HOSTNAME" in env else "h", *argv]
         async with self._gate:
             self._check_started()
@@ -760,11 +579,11 @@ class DockerSandbox(Sandbox):
             reader = asyncio.ensure_future(_own_thread(lambda: _pump(hijacked.sock, hijacked.pending, streams)))
             # The output ends when the command and everything holding its pipes are gone. Before
             # that: the deadline, or the wrapper reporting survivors (which may hold the pipes).
-            timed_out = not await _first(limit, reader, survivors)
+            timed_out = not await first(limit, reader, survivors)
             killed = timed_out or not reader.done()
             if killed:
                 await self._kill_leftovers(token, streams.report)
-            if not await _first(_DRAIN_TIMEOUT, reader):
+            if not await first(_DRAIN_TIMEOUT, reader):
                 log.warning("exec %r: output still open after killing the command; giving up on it", argv[0])
                 conn.shutdown()
                 await reader
@@ -827,7 +646,7 @@ class DockerSandbox(Sandbox):
             await asyncio.sleep(0.02)
         return 128 + 9
 
-    async def _kill_leftovers(self, token: str, report: _Report | None) -> None:
+    async def _kill_leftovers(self, token: str, report: Report | None) -> None:
         async with self._gate:
             if not self._started:
                 return  # stopped: the container's processes are gone
@@ -835,7 +654,7 @@ class DockerSandbox(Sandbox):
                 command = ["sh", "-c", _SWEEP, "oma-sweep"]
             else:
                 pid, pipes = (report.pid, report.pipes) if report is not None else ("", ("", ""))
-                command = ["sh", "-c", _KILL_ONE, "oma-kill", token, pid, *pipes]
+                command = ["sh", "-c", KILL_ONE, "oma-kill", token, pid, *pipes]
             try:
                 await self._helper(command)
             except SandboxUnavailable as e:
@@ -870,15 +689,15 @@ class DockerSandbox(Sandbox):
 
     async def _file_op(self, op: str, path: str, arg: str = "") -> bytes:
         target = _sandbox_path(path)
-        out, err = _Bytes(), _Capture(4096)
-        outcome = await self._run(["sh", "-c", _FILE_OP, "oma-file", op, target, arg], "", {}, _FILE_TIMEOUT, out, err)
+        out, err = Bytes(), Capture(4096)
+        outcome = await self._run(["sh", "-c", FILE_OP, "oma-file", op, target, arg], "", {}, _FILE_TIMEOUT, out, err)
         code = outcome.exit_code
         if outcome.timed_out:
             raise SandboxError(f"{path}: timed out after {_FILE_TIMEOUT:g}s", path=path)
         if code == 0:
             return bytes(out.data)
-        if code in _FILE_ERRORS:
-            error, message = _FILE_ERRORS[code]
+        if code in FILE_ERRORS:
+            error, message = FILE_ERRORS[code]
             raise error(message.format(path=path), path=path)
         if code == 84:
             size = int(out.data or b"0")
@@ -998,16 +817,6 @@ def _sandbox_path(path: str) -> str:
     return path if path.startswith("/") else f"{WORKSPACE}/{path}"
 
 
-def _cwd_error(path: str, failure: str) -> SandboxError:
-    if failure == "outside":
-        return PathOutsideWorkspace(f"{path}: outside the workspace ({WORKSPACE})", path=path)
-    if failure == "missing":
-        return FileNotFound(f"{path}: no such directory", path=path)
-    if failure == "notdir":
-        return SandboxError(f"{path}: not a directory", path=path)
-    return SandboxError(f"{path}: permission denied", path=path)
-
-
 def _explain(e: Exception) -> str:
     if isinstance(e, APIError) and e.explanation:
         return str(e.explanation)
@@ -1053,18 +862,3 @@ async def _own_thread(work: Callable[[], T]) -> T:
 
     threading.Thread(target=run, name="oma-docker", daemon=True).start()
     return await future
-
-
-async def _first(limit: float, reader: asyncio.Future[None], event: asyncio.Event | None = None) -> bool:
-    """Wait up to `limit` seconds for `reader` to finish or `event` to be set; True if one did."""
-    waiters: set[asyncio.Future[Any]] = {reader}
-    flag = None
-    if event is not None:
-        flag = asyncio.ensure_future(event.wait())
-        waiters.add(flag)
-    try:
-        done, _ = await asyncio.wait(waiters, timeout=max(0.0, limit), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if flag is not None:
-            flag.cancel()
-    return bool(done)

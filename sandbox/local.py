@@ -31,6 +31,7 @@ from sandbox.base import (
     SandboxUnavailable,
     check_session_id,
 )
+from sandbox.shell import Capture
 
 log = logging.getLogger("oma.sandbox")
 
@@ -272,42 +273,8 @@ def _reason(e: OSError) -> str:
 # --- output capture ------------------------------------------------------------------------------
 
 
-class _Capture:
-    """Keeps the first and last halves of at most `limit` bytes; memory stays bounded."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(0, limit)
-        self._head_limit = self.limit - self.limit // 2
-        self._tail_limit = self.limit // 2
-        self._head = bytearray()
-        self._tail = bytearray()
-        self.total = 0
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > self.limit
-
-    def feed(self, data: bytes) -> None:
-        self.total += len(data)
-        room = self._head_limit - len(self._head)
-        if room > 0:
-            self._head += data[:room]
-            data = data[room:]
-        if data:
-            self._tail += data
-            if len(self._tail) > self._tail_limit:
-                del self._tail[: len(self._tail) - self._tail_limit]
-
-    def text(self) -> str:
-        if not self.truncated:
-            return (self._head + self._tail).decode("utf-8", "replace")
-        head = self._head.decode("utf-8", "replace")
-        tail = self._tail.decode("utf-8", "replace")
-        return f"{head}\n[... {self.total - self.limit} bytes of output omitted ...]\n{tail}"
-
-
 class _Sink(asyncio.Protocol):
-    def __init__(self, capture: _Capture) -> None:
+    def __init__(self, capture: Capture) -> None:
         self.capture = capture
         self.closed = asyncio.Event()
 
@@ -319,7 +286,7 @@ class _Sink(asyncio.Protocol):
 
 
 class _Output:
-    """One output pipe: the child gets `write_fd`; the read end feeds a `_Capture` on the loop."""
+    """One output pipe: the child gets `write_fd`; the read end feeds a `Capture` on the loop."""
 
     def __init__(self, write_fd: int, inode: int, transport: asyncio.ReadTransport, sink: _Sink) -> None:
         self.write_fd = write_fd
@@ -333,7 +300,7 @@ class _Output:
     async def open(cls, limit: int) -> _Output:
         read_fd, write_fd = os.pipe()
         inode = os.fstat(read_fd).st_ino
-        sink = _Sink(_Capture(limit))
+        sink = _Sink(Capture(limit))
         try:
             pipe = os.fdopen(read_fd, "rb", buffering=0)
         except BaseException:
