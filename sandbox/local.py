@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -255,9 +256,21 @@ class LocalSandbox(Sandbox):
         except OSError as e:
             raise SandboxError(f"{path}: {_reason(e)}", path=path) from e
         try:
-            host.write_bytes(data)
+            # Non-blocking: opening a FIFO nobody reads would otherwise wait forever.
+            fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
         except OSError as e:
+            if e.errno == errno.ENXIO:  # a FIFO without a reader, a socket
+                raise SandboxError(f"{path} is not a regular file", path=path) from e
             raise SandboxError(f"{path}: {_reason(e)}", path=path) from e
+        with os.fdopen(fd, "wb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SandboxError(f"{path} is not a regular file", path=path)
+            try:
+                os.set_blocking(fd, True)
+                os.ftruncate(fd, 0)
+                f.write(data)
+            except OSError as e:
+                raise SandboxError(f"{path}: {_reason(e)}", path=path) from e
 
 
 def _make_workspace(ws: Path) -> Path:
