@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
+from pydantic import SecretStr
 
 from adapters.slack import SLACK, SLACK_EVENTS_PATH, SlackAdapter, SlackSettings
 from bot.config import Settings
@@ -19,7 +20,7 @@ from core.keys import DEFAULT_TENANT, count_keys, create_key, ensure_tenant
 from core.platform import PLATFORM, Platform
 from core.providers import Endpoint, ProviderConfig, Providers
 from core.runtime import Runner, RunnerSettings
-from core.runtime.sandboxes import SandboxPool
+from core.runtime.sandboxes import HostedService, SandboxPool
 from vault.keyring import KeyringFile, KeyringSource, keyring_source
 
 if TYPE_CHECKING:
@@ -54,10 +55,36 @@ def provider_config(settings: Settings) -> ProviderConfig:
     )
 
 
+def hosted_runtimes(settings: Settings) -> dict[str, HostedService]:
+    """Where the hosted sandbox runtimes are reached, and with which credentials."""
+
+    def fields(**values: str | SecretStr | None) -> dict[str, str]:
+        return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in values.items() if v}
+
+    return {
+        "e2b": HostedService(
+            settings.e2b_api_url,
+            fields(api_key=settings.e2b_api_key, domain=settings.e2b_domain, sandbox_url=settings.e2b_sandbox_url),
+            key_name="E2B_API_KEY",
+        ),
+        "daytona": HostedService(
+            settings.daytona_api_url,
+            fields(api_key=settings.daytona_api_key, target=settings.daytona_target),
+            key_name="DAYTONA_API_KEY",
+        ),
+    }
+
+
 def sandbox_pool(settings: Settings, platform: Platform) -> SandboxPool:
     """Sessions' sandboxes; repository tokens are opened from the vault."""
     root = settings.data_dir / "sandboxes"
-    return SandboxPool(platform.db, runtime=settings.sandbox_runtime, root=root, secrets=platform.vaults)
+    return SandboxPool(
+        platform.db,
+        runtime=settings.sandbox_runtime,
+        root=root,
+        secrets=platform.vaults,
+        hosted=hosted_runtimes(settings),
+    )
 
 
 def build_runner(settings: Settings, platform: Platform, http: aiohttp.ClientSession) -> Runner:

@@ -72,6 +72,17 @@ class Settings(BaseSettings):
     compact_at_tokens: int = Field(default=150_000, ge=1000)
     web_fetch_allow_private: bool = False
     sandbox_runtime: str = Field(default="auto", validation_alias=_env("SANDBOX_RUNTIME", "OMA_SANDBOX_RUNTIME"))
+    # Hosted sandbox runtimes (SANDBOX_RUNTIME=e2b / daytona, or an environment's `oma.runtime`);
+    # the SDKs' own variable names. The keys never reach a sandbox.
+    e2b_api_key: SecretStr | None = Field(default=None, validation_alias=_env("E2B_API_KEY", "OMA_E2B_API_KEY"))
+    e2b_api_url: str | None = Field(default=None, validation_alias=_env("E2B_API_URL", "OMA_E2B_API_URL"))
+    e2b_domain: str | None = Field(default=None, validation_alias=_env("E2B_DOMAIN", "OMA_E2B_DOMAIN"))
+    e2b_sandbox_url: str | None = Field(default=None, validation_alias=_env("E2B_SANDBOX_URL", "OMA_E2B_SANDBOX_URL"))
+    daytona_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("DAYTONA_API_KEY", "OMA_DAYTONA_API_KEY")
+    )
+    daytona_api_url: str | None = Field(default=None, validation_alias=_env("DAYTONA_API_URL", "OMA_DAYTONA_API_URL"))
+    daytona_target: str | None = Field(default=None, validation_alias=_env("DAYTONA_TARGET", "OMA_DAYTONA_TARGET"))
 
     # --- Slack (adapters/slack.py; the app manifest is manifests/slack/manifest.json) ---
     slack_bot_token: SecretStr | None = Field(

@@ -408,6 +408,11 @@ def _identity(label: str) -> str:
     return hashlib.sha256(label.encode()).hexdigest()[:40]
 
 
+def environment_identity(name: str) -> str:
+    """The identity of the `environment_variable` credential named `name`."""
+    return _identity("env:" + name)
+
+
 def _rfc3339(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -469,7 +474,7 @@ def split_create(auth: Any) -> Split:
             "injection_location": _injection(auth.injection_location, None),
         }
         label = f"environment variable {auth.secret_name}"
-        return Split(kind, _identity("env:" + auth.secret_name), label, public, {"secret_value": auth.secret_value})
+        return Split(kind, environment_identity(auth.secret_name), label, public, {"secret_value": auth.secret_value})
     if isinstance(auth, AnthropicKeyCreate | OpenAIKeyCreate):
         public = {"type": kind.value, "base_url": auth.base_url or None}
         return Split(kind, _identity(kind.value), f"{kind.value} key", public, {"api_key": auth.api_key})

@@ -30,6 +30,7 @@ from core.credentials import (
     VaultCreate,
     VaultUpdate,
     change_for_update,
+    environment_identity,
     split_create,
 )
 from core.db import Database, session_secrets, sessions, vault_credentials, vaults
@@ -482,6 +483,38 @@ class VaultStore:
             vault_id=found.vault_id,
             provider=found.auth.get("provider"),
         )
+
+    async def environment_secret(self, tenant_id: str, vault_ids: Sequence[str], name: str) -> str | None:
+        """The value of the `environment_variable` credential named `name` (e.g. E2B_API_KEY for a
+        hosted sandbox runtime): from the session's vaults in order, else the tenant's default vaults."""
+        usable = (
+            select(vault_credentials.c.id, vault_credentials.c.vault_id, vault_credentials.c.secret)
+            .join(vaults, vaults.c.id == vault_credentials.c.vault_id)
+            .where(
+                vault_credentials.c.tenant_id == tenant_id,
+                vault_credentials.c.archived_at.is_(None),
+                vault_credentials.c.kind == CredentialKind.ENVIRONMENT_VARIABLE.value,
+                vault_credentials.c.identity == environment_identity(name),
+                vaults.c.archived_at.is_(None),
+            )
+        )
+        async with self.db.read() as conn:
+            found = None
+            if vault_ids:
+                rows = list(await conn.execute(usable.where(vault_credentials.c.vault_id.in_(list(vault_ids)))))
+                order = {v: i for i, v in enumerate(vault_ids)}
+                found = min(rows, key=lambda r: order[r.vault_id], default=None)
+            if found is None:
+                found = (
+                    await conn.execute(
+                        usable.where(vaults.c.tenant_default.is_(True)).order_by(
+                            vaults.c.created_at, vault_credentials.c.created_at
+                        )
+                    )
+                ).first()
+        if found is None:
+            return None
+        return self._open_fields(found.secret, credential_binding(tenant_id, found.id)).get("secret_value")
 
     async def workspace_credential(self, tenant_id: str, vault_id: str, kind: CredentialKind) -> dict[str, Any] | None:
         """The active workspace credential of `kind` in a vault: its shown fields and its secrets

@@ -49,6 +49,8 @@ _RUNTIMES: Mapping[str, str] = MappingProxyType(
         "docker": "sandbox.docker:DockerSandbox",
         "local-subprocess": "sandbox.local:LocalSandbox",
         "bubblewrap": "sandbox.bubblewrap:BubblewrapSandbox",
+        "e2b": "sandbox.e2b:E2BSandbox",
+        "daytona": "sandbox.daytona:DaytonaSandbox",
     }
 )
 RUNTIMES = frozenset(_RUNTIMES)

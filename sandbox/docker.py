@@ -56,7 +56,22 @@ from sandbox.base import (
     SandboxUnavailable,
     check_session_id,
 )
-from sandbox.shell import FILE_ERRORS, FILE_OP, KILL_ONE, Bytes, Capture, Report, Sink, Streams, cwd_error, first
+from sandbox.shell import (
+    FILE_ERRORS,
+    FILE_OP,
+    INSTALL_STEPS,
+    KILL_ONE,
+    Bytes,
+    Capture,
+    Report,
+    Sink,
+    Streams,
+    cwd_error,
+    first,
+    install_failure,
+    install_script,
+    wanted_packages,
+)
 
 try:
     import docker
@@ -89,8 +104,6 @@ _DRAIN_TIMEOUT = 5.0
 _FILE_TIMEOUT = 120.0
 _BUILD_TIMEOUT = 1800.0
 _API_TIMEOUT = 60
-_PACKAGE_ORDER = ("apt", "pip", "npm", "gem", "cargo", "go")
-_PACKAGE_NAME = re.compile(r"[A-Za-z0-9@._~^*<>=!,:/+\[\] -]{1,256}")
 
 # $1 token, $2 cwd ('' for the workspace), $3 flags (h: drop docker's HOSTNAME), then the argv.
 _WRAPPER = r"""
@@ -155,26 +168,6 @@ while [ $i -lt 200 ]; do
 done
 exit 1
 """
-
-_INSTALL_PRELUDE = r"""
-export DEBIAN_FRONTEND=noninteractive
-updated=
-apt_install() {
-  command -v apt-get >/dev/null 2>&1 || { echo "oma: apt-get is not in the image" >&2; return 1; }
-  if [ -z "$updated" ]; then apt-get update -q || return 1; updated=1; fi
-  apt-get install -y -q --no-install-recommends "$@"
-}
-need() { command -v "$1" >/dev/null 2>&1 || apt_install "$2"; }
-"""
-_INSTALL_STEPS = {
-    "apt": "apt_install {pkgs}",
-    "pip": "need pip3 python3-pip && PIP_BREAK_SYSTEM_PACKAGES=1 pip3 install --no-cache-dir {pkgs}",
-    "npm": "need npm npm && npm install --global {pkgs}",
-    "gem": "need gem ruby && gem install --no-document {pkgs}",
-    "cargo": "need cargo cargo && CARGO_HOME=/usr/local cargo install {pkgs}",
-    "go": "need go golang-go && GOBIN=/usr/local/bin GOPATH=/tmp/go GOCACHE=/tmp/go-cache go install {pkgs}",
-}
-_INSTALL_CLEANUP = "rm -rf /var/lib/apt/lists/* /root/.cache /root/.npm /usr/local/registry /usr/local/git /tmp/* || :"
 
 
 def _default_image() -> str:
@@ -466,14 +459,8 @@ class DockerSandbox(Sandbox):
         packages = {m: tuple(p) for m, p in self.options.packages.items() if p}
         if not packages:
             return base
-        for manager, names in packages.items():
-            if manager not in _INSTALL_STEPS:
-                raise SandboxError(f"packages: unknown package manager {manager!r}")
-            for name in names:
-                if not _PACKAGE_NAME.fullmatch(name) or name.startswith("-"):
-                    raise SandboxError(f"packages.{manager}: invalid package name {name!r}")
-        wanted = sorted(packages.items(), key=lambda item: _PACKAGE_ORDER.index(item[0]))
-        digest = hashlib.sha256(json.dumps([base.id, wanted, _INSTALL_STEPS]).encode()).hexdigest()[:16]
+        wanted = wanted_packages(packages)
+        digest = hashlib.sha256(json.dumps([base.id, wanted, INSTALL_STEPS]).encode()).hexdigest()[:16]
         env_name = re.sub(r"[^a-z0-9]+", "-", (self.options.environment_id or "").lower()).strip("-") or "none"
         repo = f"oma-env-{env_name}"
         ref, builder_name = f"{repo}:{digest}", f"oma-build-{env_name}-{digest}"
@@ -484,7 +471,7 @@ class DockerSandbox(Sandbox):
             try:
                 builder = client.containers.create(
                     base.id or "",
-                    ["sh", "-c", _install_script(wanted)],
+                    ["sh", "-c", install_script(wanted)],
                     name=builder_name,
                     user="0:0",
                     labels={"oma.runtime": "docker", "oma.environment": self.options.environment_id or ""},
@@ -508,7 +495,7 @@ class DockerSandbox(Sandbox):
                 status = int(builder.wait(timeout=_BUILD_TIMEOUT)["StatusCode"])
                 if status != 0:
                     logs = builder.logs(tail=30).decode(errors="replace").strip()
-                    raise SandboxError(_install_failure(wanted, status, logs))
+                    raise SandboxError(install_failure(wanted, status, logs))
                 builder.commit(
                     repository=repo,
                     tag=digest,
@@ -770,33 +757,6 @@ def _age(container: Container) -> float:
     except ValueError:
         return 0.0
     return time.time() - created.timestamp()
-
-
-def _install_script(wanted: list[tuple[str, tuple[str, ...]]]) -> str:
-    lines = ["set -u", _INSTALL_PRELUDE]
-    for manager, names in wanted:
-        if manager == "go":
-            names = tuple(n if "@" in n else f"{n}@latest" for n in names)
-        pkgs = " ".join(_quote(n) for n in names)
-        code = 10 + _PACKAGE_ORDER.index(manager)
-        lines.append("echo " + _quote(f"oma: installing {manager} packages: " + " ".join(names)))
-        failed = f'{{ echo "oma: {manager} failed with exit code $?" >&2; exit {code}; }}'
-        lines.append(f"{_INSTALL_STEPS[manager].format(pkgs=pkgs)} || {failed}")
-    lines.append(_INSTALL_CLEANUP)
-    return "\n".join(lines)
-
-
-def _install_failure(wanted: list[tuple[str, tuple[str, ...]]], status: int, logs: str) -> str:
-    failed = next((m for m in _PACKAGE_ORDER if status == 10 + _PACKAGE_ORDER.index(m)), None)
-    names = dict(wanted).get(failed or "", ())
-    what = f"installing the environment's {failed} packages ({' '.join(names)})" if failed else "installing packages"
-    found = re.search(r"oma: \w+ failed with exit code (\d+)", logs)
-    tail = "\n".join(line for line in logs.splitlines()[-12:] if not line.startswith("oma: "))
-    return f"{what} failed (exit code {found.group(1) if found else status}):\n{tail}"
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def _tar_one(name: str, data: bytes, mode: int) -> bytes:

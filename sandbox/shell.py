@@ -12,7 +12,8 @@ paths (symlinks included) before a file is read or written.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -169,9 +170,11 @@ class Streams:
     see the token and print a report line too: only the last one counts, and only if the engine's
     exit code agrees with it."""
 
-    def __init__(self, out: Sink, err: Sink, token: str, on_dirty: Callable[[], None]) -> None:
+    def __init__(self, out: Sink, err: Sink, token: str, on_dirty: Callable[[], None], *, framed: bool = False) -> None:
         self.out = out
         self.err = err
+        # The wrapper put a newline of its own before the report line (see sandbox/hosted.py).
+        self._framed = framed
         self.report: Report | None = None
         self._marker = f"oma-exit:{token}:".encode()
         self._held = bytearray()
@@ -188,7 +191,10 @@ class Streams:
             end = self._held.find(b"\n", start)
             if end < 0:
                 return  # the rest of the line is still on its way
-            self.err.feed(bytes(self._held[:start]))
+            before = self._held[:start]
+            if self._framed and before.endswith(b"\n"):
+                del before[-1:]
+            self.err.feed(bytes(before))
             self.report = Report.parse(self._held[start + len(self._marker) : end].decode(errors="replace"))
             del self._held[: end + 1]
             if self.report.dirty:
@@ -259,3 +265,71 @@ def cwd_error(path: str, failure: str) -> SandboxError:
     if failure == "notdir":
         return SandboxError(f"{path}: not a directory", path=path)
     return SandboxError(f"{path}: permission denied", path=path)
+
+
+# --- an environment's packages ------------------------------------------------------------------
+
+PACKAGE_ORDER = ("apt", "pip", "npm", "gem", "cargo", "go")
+PACKAGE_NAME = re.compile(r"[A-Za-z0-9@._~^*<>=!,:/+\[\] -]{1,256}")
+INSTALL_PRELUDE = r"""
+export DEBIAN_FRONTEND=noninteractive
+updated=
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || { echo "oma: apt-get is not in the image" >&2; return 1; }
+  if [ -z "$updated" ]; then apt-get update -q || return 1; updated=1; fi
+  apt-get install -y -q --no-install-recommends "$@"
+}
+need() { command -v "$1" >/dev/null 2>&1 || apt_install "$2"; }
+"""
+INSTALL_STEPS = {
+    "apt": "apt_install {pkgs}",
+    "pip": "need pip3 python3-pip && PIP_BREAK_SYSTEM_PACKAGES=1 pip3 install --no-cache-dir {pkgs}",
+    "npm": "need npm npm && npm install --global {pkgs}",
+    "gem": "need gem ruby && gem install --no-document {pkgs}",
+    "cargo": "need cargo cargo && CARGO_HOME=/usr/local cargo install {pkgs}",
+    "go": "need go golang-go && GOBIN=/usr/local/bin GOPATH=/tmp/go GOCACHE=/tmp/go-cache go install {pkgs}",
+}
+INSTALL_CLEANUP = "rm -rf /var/lib/apt/lists/* /root/.cache /root/.npm /usr/local/registry /usr/local/git /tmp/* || :"
+
+
+def wanted_packages(packages: Mapping[str, Sequence[str]]) -> list[tuple[str, tuple[str, ...]]]:
+    """The environment's packages by manager, checked, in install order; SandboxError if a manager
+    is unknown or a name could be taken for an option."""
+    wanted = {m: tuple(p) for m, p in packages.items() if p}
+    for manager, names in wanted.items():
+        if manager not in INSTALL_STEPS:
+            raise SandboxError(f"packages: unknown package manager {manager!r}")
+        for name in names:
+            if not PACKAGE_NAME.fullmatch(name) or name.startswith("-"):
+                raise SandboxError(f"packages.{manager}: invalid package name {name!r}")
+    return sorted(wanted.items(), key=lambda item: PACKAGE_ORDER.index(item[0]))
+
+
+def install_script(wanted: list[tuple[str, tuple[str, ...]]], *, cleanup: bool = True) -> str:
+    """A script that installs `wanted` as root; `cleanup` empties the package caches and /tmp
+    afterwards (right for an image being built, not for a machine in use)."""
+    lines = ["set -u", INSTALL_PRELUDE]
+    for manager, names in wanted:
+        if manager == "go":
+            names = tuple(n if "@" in n else f"{n}@latest" for n in names)
+        pkgs = " ".join(quote(n) for n in names)
+        code = 10 + PACKAGE_ORDER.index(manager)
+        lines.append("echo " + quote(f"oma: installing {manager} packages: " + " ".join(names)))
+        failed = f'{{ echo "oma: {manager} failed with exit code $?" >&2; exit {code}; }}'
+        lines.append(f"{INSTALL_STEPS[manager].format(pkgs=pkgs)} || {failed}")
+    if cleanup:
+        lines.append(INSTALL_CLEANUP)
+    return "\n".join(lines)
+
+
+def install_failure(wanted: list[tuple[str, tuple[str, ...]]], status: int, logs: str) -> str:
+    failed = next((m for m in PACKAGE_ORDER if status == 10 + PACKAGE_ORDER.index(m)), None)
+    names = dict(wanted).get(failed or "", ())
+    what = f"installing the environment's {failed} packages ({' '.join(names)})" if failed else "installing packages"
+    found = re.search(r"oma: \w+ failed with exit code (\d+)", logs)
+    tail = "\n".join(line for line in logs.splitlines()[-12:] if not line.startswith("oma: "))
+    return f"{what} failed (exit code {found.group(1) if found else status}):\n{tail}"
+
+
+def quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"

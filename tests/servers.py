@@ -170,3 +170,31 @@ def make_settings(url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+@contextlib.contextmanager
+def hosted_service(runtime: str) -> Iterator[dict[str, Any]]:
+    """For a hosted sandbox runtime (e2b, daytona): its fake service (core/fakes), started in a
+    loop thread of its own; yields the `SandboxOptions` fields that point the runtime at it.
+    Any other runtime: yields {}."""
+    if runtime not in ("e2b", "daytona"):
+        yield {}
+        return
+    thread = LoopThread()
+    fake: Any = None
+    try:
+        if runtime == "e2b":
+            from core.fakes.e2b_api import FakeE2B
+
+            fake = thread.call(lambda: FakeE2B().start())
+            options = {"api_url": fake.url, "credentials": {"api_key": fake.api_key, "sandbox_url": fake.url}}
+        else:
+            from core.fakes.daytona_api import FakeDaytona
+
+            fake = thread.call(lambda: FakeDaytona().start())
+            options = {"api_url": fake.url, "credentials": {"api_key": fake.api_key}}
+        yield options
+    finally:
+        if fake is not None:
+            thread.call(fake.stop)
+        thread.stop()

@@ -37,9 +37,13 @@ from sandbox import (
     SandboxUnavailable,
     runtime_factory,
 )
+from tests.servers import hosted_service
 
 ALL_RUNTIMES = ["local-subprocess", "bubblewrap", "docker", "e2b", "daytona"]
-PACKAGE_RUNTIMES = ["bubblewrap", "docker"]
+PACKAGE_RUNTIMES = ["bubblewrap", "docker", "e2b", "daytona"]
+# Runtimes that install an environment's packages once and share them between its sessions; the
+# hosted ones install into each session's machine (a shared install is a template or snapshot).
+SHARED_PACKAGE_RUNTIMES = ["bubblewrap", "docker"]
 
 OpenSandbox = Callable[..., Awaitable[Sandbox]]
 
@@ -82,8 +86,16 @@ def sandbox_root() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def service(runtime: str) -> Iterator[dict[str, Any]]:
+    """The hosted runtimes' service: a local fake of its HTTP API (core/fakes), driven by the real
+    SDK; yields the options that point the runtime at it. Other runtimes: no options."""
+    with hosted_service(runtime) as options:
+        yield options
+
+
 @pytest.fixture
-async def open_sb(runtime: str, sandbox_root: Path) -> AsyncIterator[OpenSandbox]:
+async def open_sb(runtime: str, sandbox_root: Path, service: dict[str, Any]) -> AsyncIterator[OpenSandbox]:
     opened: list[Sandbox] = []
     ids: dict[str, str] = {}
 
@@ -91,7 +103,7 @@ async def open_sb(runtime: str, sandbox_root: Path) -> AsyncIterator[OpenSandbox
         # Unique per test, the same for one label within it: some runtimes keep workspaces by
         # session id alone (e.g. docker volumes), outside `sandbox_root`.
         session_id = ids.setdefault(label, unique_session(label))
-        sb = runtime_factory(runtime)(session_id, root=sandbox_root, options=SandboxOptions(**options))
+        sb = runtime_factory(runtime)(session_id, root=sandbox_root, options=SandboxOptions(**{**service, **options}))
         opened.append(sb)
         if start:
             await sb.start()
@@ -381,12 +393,10 @@ async def test_file_errors_are_one_exception_tree(sb: Sandbox) -> None:
         await sb.write_file("dir/f.txt/g.txt", b"x")
 
 
-async def test_special_files_are_not_read(runtime: str, sb: Sandbox) -> None:
+async def test_special_files_are_not_read(sb: Sandbox) -> None:
     assert (await sb.exec("mkfifo pipe")).exit_code == 0
     with pytest.raises(SandboxError, match="not a regular file"):
         await asyncio.wait_for(sb.read_file("pipe"), 10)
-    if runtime == "local-subprocess":
-        pytest.skip("local-subprocess's write_file blocks forever opening a FIFO nobody reads")
     with pytest.raises(SandboxError, match="not a regular file"):
         await asyncio.wait_for(sb.write_file("pipe", b"x"), 10)
 
@@ -527,6 +537,8 @@ async def test_failed_install_is_a_clear_error(package_runtime: str, open_sb: Op
 
 
 async def test_packages_install_once_per_environment(package_runtime: str, open_sb: OpenSandbox) -> None:
+    if package_runtime not in SHARED_PACKAGE_RUNTIMES:
+        pytest.skip(f"{package_runtime} installs packages per session (see test_hosted_packages_install_once)")
     if not await asyncio.to_thread(registry_reachable):
         pytest.skip("pypi.org is not reachable from this machine")
     plain = await open_sb("plain")
@@ -550,6 +562,28 @@ async def test_packages_install_once_per_environment(package_runtime: str, open_
     # Another environment does not see them.
     other = await open_sb("pkg4", environment_id="env_other")
     assert (await other.exec(probe)).exit_code != 0
+
+
+async def test_hosted_packages_install_once(package_runtime: str, open_sb: OpenSandbox) -> None:
+    if package_runtime in SHARED_PACKAGE_RUNTIMES:
+        pytest.skip(
+            f"{package_runtime} shares one install per environment (test_packages_install_once_per_environment)"
+        )
+    if not await asyncio.to_thread(registry_reachable):
+        pytest.skip("pypi.org is not reachable from this machine")
+    plain = await open_sb("plain")
+    if (await plain.exec(["python3", "-m", "pip", "--version"])).exit_code != 0:
+        pytest.skip("the sandbox has no pip")
+    options: dict[str, Any] = {"packages": {"pip": ("text-unidecode==1.3",)}, "environment_id": "env_pkgs"}
+    probe = ["python3", "-c", "import text_unidecode as m; print(m.__file__)"]
+    first = await open_sb("pkg", **options)
+    assert (await first.exec(probe)).exit_code == 0
+    await first.stop()
+    started = time.monotonic()
+    again = await open_sb("pkg", **options)  # the same session's machine, resumed: no second install
+    assert time.monotonic() - started < 5
+    assert (await again.exec(probe)).exit_code == 0
+    assert (await plain.exec(probe)).exit_code != 0  # another session's machine does not have them
 
 
 def test_the_runtime_list_covers_the_registry() -> None:

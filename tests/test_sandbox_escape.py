@@ -42,6 +42,8 @@ from tests.test_sandbox_conformance import (
     unique_session,
 )
 
+# e2b and daytona isolate in the service's own machines (VMs, containers); here they run against
+# local fakes of the services, which do not, so escape tests would test the fakes.
 ISOLATING_RUNTIMES = ["bubblewrap", "docker"]
 REPO = Path(__file__).resolve().parents[1]
 LIMITED: dict[str, Any] = {"networking": False, "memory_mb": 256, "pids": 64, "cpus": 0.5}

@@ -20,6 +20,8 @@ from core.ids import new_id, now_us
 from core.log import NewEvent, StoredEvent
 from core.providers.base import Delta, DeltaKind, ErrorKind, ModelError, ModelRequest, ModelResponse
 from core.tools import READ_ONLY_TOOLS, enabled_tools, run_tool
+from core.tools.base import ToolOutcome
+from sandbox.base import SandboxError
 
 log = logging.getLogger("oma.harness")
 
@@ -197,7 +199,12 @@ class DefaultHarness:
             ),
             None,
         )
-        sandbox = await ctx.sandbox()
+        try:
+            sandbox = await ctx.sandbox()
+        except SandboxError as e:
+            # No sandbox (the runtime is missing, its service refused us...): the model sees why.
+            log.warning("session %s: no sandbox for %s: %s", ctx.session_id, name, e)
+            return ToolOutcome.text(f"{name}: the sandbox could not be started: {e}", is_error=True)
         return await run_tool(
             name,
             tool_use.payload["input"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,9 +26,11 @@ log = logging.getLogger("oma.sandboxes")
 
 
 class SessionSecrets(Protocol):
-    """Where a session's repository tokens are opened (the vault)."""
+    """Where a session's repository tokens and hosted-runtime keys are opened (the vault)."""
 
     async def session_secret(self, tenant_id: str, session_id: str, resource_id: str) -> str | None: ...
+
+    async def environment_secret(self, tenant_id: str, vault_ids: Sequence[str], name: str) -> str | None: ...
 
 
 def options_for(config: dict[str, Any], metadata: dict[str, str], env_id: str, base: SandboxOptions) -> SandboxOptions:
@@ -49,6 +52,18 @@ def options_for(config: dict[str, Any], metadata: dict[str, str], env_id: str, b
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class HostedService:
+    """Where a hosted runtime (e2b, daytona) is reached: its API URL (None: the SDK's default) and
+    credentials ({"api_key": ...} and the like; see the runtime's module). A session's key comes
+    from an `environment_variable` credential named `key_name` (E2B_API_KEY, ...) in its vaults or
+    the tenant's default vaults, before the settings' one."""
+
+    api_url: str | None = None
+    credentials: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    key_name: str | None = None
+
+
 class SandboxPool:
     def __init__(
         self,
@@ -58,11 +73,13 @@ class SandboxPool:
         root: Path,
         defaults: SandboxOptions | None = None,
         secrets: SessionSecrets | None = None,
+        hosted: Mapping[str, HostedService] | None = None,
     ) -> None:
         self.db = db
         self.runtime = runtime
         self.root = root
         self.defaults = defaults or SandboxOptions()
+        self.hosted = dict(hosted or {})
         # Opens the sessions' repository tokens; None: repositories are cloned without one.
         self.secrets = secrets
         self._open: dict[str, Any] = {}
@@ -94,12 +111,32 @@ class SandboxPool:
                 config, metadata = (row.config, row.metadata) if row is not None else ({}, {})
                 runtime = metadata.get("oma.runtime") or self.runtime
                 options = options_for(config, metadata, environment_id, self.defaults)
+                service = self.hosted.get(runtime)
+                if service is not None:
+                    credentials = dict(service.credentials)
+                    key = await self._vault_key(session_id, service)
+                    if key:
+                        credentials["api_key"] = key
+                    options = dataclasses.replace(options, api_url=service.api_url, credentials=credentials)
                 sandbox = await open_sandbox(session_id, runtime=runtime, root=self.root, options=options)
                 self._open[session_id] = sandbox
             if mount and session_id not in self._mounted:
                 self._mounted.add(session_id)
                 await self._mount(session_id, sandbox)
             return sandbox
+
+    async def _vault_key(self, session_id: str, service: HostedService) -> str | None:
+        if self.secrets is None or not service.key_name:
+            return None
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(sessions.c.tenant_id, sessions.c.vault_ids).where(sessions.c.id == session_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        return await self.secrets.environment_secret(row.tenant_id, list(row.vault_ids or []), service.key_name)
 
     async def _mount(self, session_id: str, sandbox: Any) -> None:
         """Clone the session's repositories that are not in the workspace yet. A failure is logged

@@ -1,0 +1,174 @@
+"""Hosted sandbox runtimes (e2b, daytona) end to end: a real server whose environment chooses the
+runtime (metadata `oma.runtime`), the runtime's key taken from the session's vault (an
+`environment_variable` credential), the service a local fake of its API (core/fakes) driven by the
+real SDK. The conformance suite (test_sandbox_conformance.py) covers the contract itself."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from core.fakes.model_server import FakeModelServer
+from tests.scan import database_bytes, leaks
+from tests.servers import LoopThread, ServerThread, database_url, make_settings
+
+TERMINAL = ("session.status_idle", "session.status_terminated")
+KEY_NAMES = {"e2b": "E2B_API_KEY", "daytona": "DAYTONA_API_KEY"}
+
+
+@pytest.fixture(scope="module")
+def fake_loop() -> Iterator[LoopThread]:
+    loop = LoopThread()
+    yield loop
+    loop.stop()
+
+
+@pytest.fixture(scope="module")
+def model(fake_loop: LoopThread) -> Iterator[FakeModelServer]:
+    server = FakeModelServer()
+    fake_loop.call(server.start)
+    yield server
+    fake_loop.call(server.stop)
+
+
+@pytest.fixture(scope="module", params=["e2b", "daytona"])
+def service(request: pytest.FixtureRequest, fake_loop: LoopThread) -> Iterator[tuple[str, Any]]:
+    runtime = str(request.param)
+    if runtime == "e2b":
+        from core.fakes.e2b_api import FakeE2B
+
+        fake: Any = FakeE2B(api_key="e2b_" + secrets.token_hex(20))
+    else:
+        from core.fakes.daytona_api import FakeDaytona
+
+        fake = FakeDaytona(api_key="dtn_" + secrets.token_hex(20))
+    fake_loop.call(fake.start)
+    yield runtime, fake
+    fake_loop.call(fake.stop)
+
+
+@pytest.fixture(scope="module")
+def server(
+    backend: str, model: FakeModelServer, service: tuple[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
+    runtime, fake = service
+    tmp = tmp_path_factory.mktemp(f"hosted-{runtime}-{backend}")
+    endpoints: dict[str, Any] = (
+        {"e2b_api_url": fake.url, "e2b_sandbox_url": fake.url} if runtime == "e2b" else {"daytona_api_url": fake.url}
+    )
+    with database_url(backend, tmp) as url:
+        # The server knows where the service is, but holds no key for it: sessions bring theirs.
+        settings = make_settings(
+            url,
+            runner_enabled=True,
+            anthropic_api_key="sk-ant-test",
+            anthropic_base_url=model.url,
+            model_max_retries=0,
+            data_dir=tmp / "data",
+            lease_seconds=5,
+            sandbox_runtime="local-subprocess",
+            **endpoints,
+        )
+        srv = ServerThread(settings).start()
+        yield srv
+        srv.stop()
+
+
+@pytest.fixture
+def client(server: ServerThread, model: FakeModelServer, fake_loop: LoopThread) -> Iterator[anthropic.Anthropic]:
+    from core.keys import create_key, create_tenant
+
+    async def mint() -> str:
+        tenant_id = await create_tenant(server.platform.db, "hosted-" + secrets.token_hex(3))
+        return (await create_key(server.platform.db, "t", tenant_id)).key
+
+    fake_loop.run(lambda: model._queue.clear())
+    with anthropic.Anthropic(base_url=server.url, api_key=server.call(mint), max_retries=0, timeout=30) as c:
+        yield c
+
+
+def run(client: anthropic.Anthropic, env_id: str, text: str, **session: Any) -> tuple[str, list[Any]]:
+    agent = client.beta.agents.create(
+        name="hosted", model="claude-sonnet-5", tools=[{"type": "agent_toolset_20260401"}]
+    )
+    session_id = client.beta.sessions.create(agent=agent.id, environment_id=env_id, **session).id
+    seen: list[Any] = []
+    with client.beta.sessions.events.stream(session_id) as stream:
+        client.beta.sessions.events.send(
+            session_id, events=[{"type": "user.message", "content": [{"type": "text", "text": text}]}]
+        )
+        for event in stream:
+            seen.append(event)
+            if event.type in TERMINAL:
+                break
+    return session_id, seen
+
+
+def test_a_session_runs_its_tools_in_the_hosted_sandbox_with_the_vault_key(
+    client: anthropic.Anthropic,
+    server: ServerThread,
+    service: tuple[str, Any],
+    model: FakeModelServer,
+    fake_loop: LoopThread,
+    tmp_path: Path,
+) -> None:
+    runtime, fake = service
+    env = client.beta.environments.create(
+        name=f"{runtime}-box",
+        config={"type": "cloud", "networking": {"type": "limited"}},
+        metadata={"oma.runtime": runtime},
+    )
+    vault = client.beta.vaults.create(display_name="sandbox keys")
+    client.beta.vaults.credentials.create(
+        vault.id,
+        auth={  # type: ignore[arg-type]
+            "type": "environment_variable",
+            "secret_name": KEY_NAMES[runtime],
+            "secret_value": fake.api_key,
+            "networking": {"type": "unrestricted"},
+        },
+    )
+    marker = secrets.token_hex(6)
+    fake_loop.run(
+        lambda: model.reply("Looking.", tool_use={"name": "bash", "input": {"command": f"echo {marker} > f.txt; pwd"}})
+    )
+    fake_loop.run(lambda: model.reply("Done."))
+
+    session_id, events = run(client, env.id, "work", vault_ids=[vault.id])
+
+    assert events[-1].type == "session.status_idle", [e.type for e in events]
+    result = next(e for e in events if e.type == "agent.tool_result")
+    assert not result.is_error, result.content
+    workspace = result.content[0].text.strip()
+    # The command ran in the service's machine, tagged with the session, networking off as asked.
+    (box,) = [b for b in fake.sandboxes.values() if session_id in str(getattr(b, "metadata", None) or b.labels)]
+    assert workspace == str(Path(box.home) / "workspace")
+    assert (Path(workspace) / "f.txt").read_text() == marker + "\n"
+    if runtime == "e2b":
+        assert box.allow_internet_access is False
+    else:
+        assert box.network_block_all is True
+    # The key reached the service and nowhere else: not the events, not the database in clear.
+    assert leaks(repr(list(client.beta.sessions.events.list(session_id))), [fake.api_key]) == []
+    assert leaks(database_bytes(server.settings.database_url), [fake.api_key]) == []
+
+
+def test_without_a_key_the_tool_fails_clearly(
+    client: anthropic.Anthropic, service: tuple[str, Any], model: FakeModelServer, fake_loop: LoopThread
+) -> None:
+    runtime, _ = service
+    env = client.beta.environments.create(name=f"{runtime}-nokey", metadata={"oma.runtime": runtime})
+    fake_loop.run(lambda: model.reply("Trying.", tool_use={"name": "bash", "input": {"command": "true"}}))
+    fake_loop.run(lambda: model.reply("It failed."))
+
+    _, events = run(client, env.id, "work")
+
+    assert events[-1].type in TERMINAL, [e.type for e in events]
+    result = next(e for e in events if e.type == "agent.tool_result")
+    assert result.is_error
+    assert KEY_NAMES[runtime] in result.content[0].text
