@@ -30,10 +30,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -48,6 +50,8 @@ VERSIONS = {
     "docker": ["/usr/bin/docker", "version", "--format", "{{.Server.Version}}"],
 }
 SECTION = "## Sandbox benchmarks"
+# Hosted runtimes and the variable that holds a real key; without one, they run against core/fakes.
+HOSTED = {"e2b": "E2B_API_KEY", "daytona": "DAYTONA_API_KEY"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +197,7 @@ def tool_versions(measured: list[str]) -> str:
 
 
 def section(rows: list[Row], notes: list[str], command: str, n: int, starts: int, load: float) -> str:
-    measured = [r.name for r in rows if r.name in RUNTIMES]
+    measured = [r.name.split(" ")[0] for r in rows if r.name.split(" ")[0] in RUNTIMES]
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         SECTION,
@@ -228,13 +232,58 @@ def write_section(path: Path, text: str) -> None:
     path.write_text("".join(lines[:start]) + text + ("\n" + tail if tail else ""))
 
 
+class FakeService:
+    """A hosted runtime's local fake (core/fakes), served from a thread and loop of its own, as a
+    separate server would be."""
+
+    def __init__(self, runtime: str) -> None:
+        self.runtime = runtime
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=f"fake-{runtime}", daemon=True)
+        self.fake: Any = None
+
+    async def start(self) -> SandboxOptions:
+        self.thread.start()
+        if self.runtime == "e2b":
+            from core.fakes.e2b_api import FakeE2B
+
+            self.fake = await self._call(FakeE2B().start())
+            creds = {"api_key": self.fake.api_key, "sandbox_url": self.fake.url}
+        else:
+            from core.fakes.daytona_api import FakeDaytona
+
+            self.fake = await self._call(FakeDaytona().start())
+            creds = {"api_key": self.fake.api_key}
+        return SandboxOptions(api_url=self.fake.url, credentials=creds)
+
+    async def _call(self, work: Coroutine[Any, Any, Any]) -> Any:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
+
+    async def stop(self) -> None:
+        if self.fake is not None:
+            await self._call(self.fake.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+
+
 async def run(n: int, starts: int) -> tuple[list[Row], list[str]]:
     subjects = [Subject("plain subprocess", None)]
     notes = []
+    fakes: list[FakeService] = []
     for runtime in RUNTIMES:
         reason = unavailable(runtime)
         if reason is not None:
             notes.append(f"{runtime}: not measured ({reason})")
+            continue
+        if runtime in HOSTED and not os.environ.get(HOSTED[runtime]):
+            fake = FakeService(runtime)
+            fakes.append(fake)
+            options = await fake.start()
+            subjects.append(Subject(f"{runtime} (local fake of its API)", runtime, options))
+            notes.append(
+                f"{runtime}: against core/fakes on loopback ({HOSTED[runtime]} unset): what the runtime and the SDK"
+                " cost on top of the service, not the service's own latency"
+            )
             continue
         subjects.append(Subject(runtime, runtime))
         subjects += [Subject(f"{runtime}, {label}", runtime, options) for label, options in VARIANTS.get(runtime, [])]
@@ -244,6 +293,8 @@ async def run(n: int, starts: int) -> tuple[list[Row], list[str]]:
     finally:
         for subject in subjects:
             await subject.close()
+        for fake in fakes:
+            await fake.stop()
     return [s.row() for s in subjects], notes
 
 
