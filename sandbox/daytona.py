@@ -31,6 +31,7 @@ try:
         CreateSandboxFromSnapshotParams,
         DaytonaAuthenticationError,
         DaytonaConfig,
+        DaytonaFileNotFoundError,
         DaytonaNotFoundError,
         ListSandboxesQuery,
         SessionExecuteRequest,
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 _START_TIMEOUT = 120.0
 _EXIT_CODE_WAIT = 5.0
 _RESUMABLE = {"stopped", "archived", "paused", "error"}
+# What the toolbox proxy answers for a machine that is not running.
+_GONE_CODES = {"SANDBOX_NOT_STARTED", "SANDBOX_NOT_FOUND"}
 
 
 def available() -> str | None:
@@ -112,6 +115,13 @@ class DaytonaSandbox(HostedSandbox):
     _sandbox: AsyncSandbox | None = None
     _sessions: list[str]
 
+    def _gone(self, e: BaseException) -> bool:
+        if _IMPORT_ERROR is not None:
+            return False
+        return getattr(e, "code", None) in _GONE_CODES or (
+            isinstance(e, DaytonaNotFoundError) and not isinstance(e, DaytonaFileNotFoundError)
+        )
+
     def _describe(self, e: BaseException) -> str:
         if _IMPORT_ERROR is None and isinstance(e, DaytonaAuthenticationError):
             return f"Daytona refused the API key (set DAYTONA_API_KEY, or a daytona_api_key credential): {e}"
@@ -173,7 +183,7 @@ class DaytonaSandbox(HostedSandbox):
             raise
         return _SessionCommand(self, session, str(started.cmd_id), streams)
 
-    async def _helper(self, line: str, limit: float) -> tuple[int, bytes, bytes]:
+    async def _quick(self, line: str, limit: float) -> tuple[int, bytes, bytes]:
         # One round trip; the output is stdout and stderr together (fine for our scripts, which
         # print their answer on stdout only when they succeed).
         response = await self._box.process.exec(line, timeout=max(1, int(limit)))

@@ -14,6 +14,7 @@ Credentials: `options.credentials["api_key"]` (from E2B_API_KEY in the settings,
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,8 @@ try:
         AuthenticationException,
         CommandExitException,
         NotFoundException,
+        SandboxNotFoundException,
+        SandboxNotRunningException,
         SandboxQuery,
         SandboxState,
     )
@@ -79,6 +82,7 @@ class E2BSandbox(HostedSandbox):
     runtime = "e2b"
 
     _sandbox: AsyncSandbox | None = None
+    _extended = 0.0  # when the service's timeout was last set (monotonic)
 
     def _connection(self) -> dict[str, Any]:
         creds = self.options.credentials
@@ -96,6 +100,9 @@ class E2BSandbox(HostedSandbox):
             opts["http_version"] = "1.1"
         return opts
 
+    def _gone(self, e: BaseException) -> bool:
+        return _IMPORT_ERROR is None and isinstance(e, SandboxNotRunningException | SandboxNotFoundException)
+
     def _describe(self, e: BaseException) -> str:
         if _IMPORT_ERROR is None and isinstance(e, AuthenticationException):
             return f"E2B refused the API key (set E2B_API_KEY, or an e2b_api_key credential): {e}"
@@ -111,6 +118,7 @@ class E2BSandbox(HostedSandbox):
         found = await AsyncSandbox.list(query=query, limit=1, **opts).next_items()
         if found:
             self._sandbox = await AsyncSandbox.connect(found[0].sandbox_id, timeout=SANDBOX_TIMEOUT, **opts)
+            self._extended = time.monotonic()
             return True
         if not create:
             return False
@@ -123,6 +131,7 @@ class E2BSandbox(HostedSandbox):
             idempotency_key=str(uuid.uuid4()),
             **opts,
         )
+        self._extended = time.monotonic()
         return True
 
     @property
@@ -132,7 +141,12 @@ class E2BSandbox(HostedSandbox):
         return self._sandbox
 
     async def _launch(self, command: str, streams: Streams) -> _Command:
-        handle = await self._box.commands.run(
+        box = self._box
+        if time.monotonic() - self._extended > SANDBOX_TIMEOUT / 2:
+            # A session that works for longer than the timeout must not be paused mid-command.
+            await box.set_timeout(SANDBOX_TIMEOUT)
+            self._extended = time.monotonic()
+        handle = await box.commands.run(
             command,
             background=True,
             timeout=0,  # our own deadline applies (the wrapper is killed, then the stream ends)

@@ -197,6 +197,7 @@ class HostedSandbox(Sandbox):
         self._running: dict[str, Job | None] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._revive_lock = asyncio.Lock()
 
     # --- what a service implements -----------------------------------------------------------------
 
@@ -235,34 +236,62 @@ class HostedSandbox(Sandbox):
 
     async def start(self) -> None:
         async with self._gate:
-            if self._started:
-                return
-            try:
-                await asyncio.wait_for(self._attach(), _START_TIMEOUT)
-                code, out, err = await self._helper(
-                    'mkdir -p -- "$HOME/workspace" && cd -- "$HOME/workspace" && pwd -P', _HELPER_TIMEOUT
-                )
-            except SandboxError:
-                await self._close()
-                raise
-            except Exception as e:
-                await self._close()
-                raise SandboxUnavailable(f"{self.runtime} sandbox for {self.session_id}: {self._describe(e)}") from e
+            if not self._started:
+                await self._open()
+                self._started = True
+
+    async def _open(self) -> None:
+        """Attach to (or create) the machine, find the workspace, install the packages. On failure
+        the machine is suspended again and the client released."""
+        attached = False
+        try:
+            await asyncio.wait_for(self._attach(), _START_TIMEOUT)
+            attached = True
+            code, out, err = await self._helper(
+                'mkdir -p -- "$HOME/workspace" && cd -- "$HOME/workspace" && pwd -P', _HELPER_TIMEOUT, revive=False
+            )
             workspace = out.decode(errors="replace").strip().splitlines()[-1:] if code == 0 else []
             if not workspace or not workspace[0].startswith("/"):
-                await self._close()
                 detail = (err or out).decode(errors="replace").strip() or f"exit code {code}"
                 raise SandboxUnavailable(f"{self.runtime} sandbox for {self.session_id}: no workspace: {detail}")
             self.workspace = workspace[0]
             if self.options.packages:
-                try:
-                    await self._install()
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await self._suspend()
-                    await self._close()
-                    raise
-            self._started = True
+                await self._install()
+        except BaseException as e:
+            if attached:
+                with contextlib.suppress(Exception):
+                    await self._suspend()
+            await self._close()
+            if isinstance(e, SandboxError) or not isinstance(e, Exception):
+                raise
+            raise SandboxUnavailable(f"{self.runtime} sandbox for {self.session_id}: {self._describe(e)}") from e
+
+    def _gone(self, e: BaseException) -> bool:
+        """Whether `e` says the machine is not running (stopped, paused or deleted behind our back)."""
+        return False
+
+    async def _revived(self, work: Callable[[], Awaitable[T]], revive: bool) -> T:
+        """`work()`, bringing the machine back first if it was stopped, paused (e.g. by the
+        service's own idle timeout) or deleted behind our back (then the workspace starts empty)."""
+        try:
+            return await work()
+        except Exception as e:
+            if not revive or not self._started or not self._gone(e):
+                raise
+            log.warning("%s sandbox %s: the machine is not running (%s); resuming it", self.runtime, self.session_id, e)
+        async with self._revive_lock:
+            if not await self._alive():
+                await self._close()
+                await self._open()
+        return await work()
+
+    async def _alive(self) -> bool:
+        """Whether the machine answers now (another command may have revived it meanwhile)."""
+        try:
+            code, _, _ = await self._quick("true", _HELPER_TIMEOUT)
+        except Exception:
+            return False
+        return code == 0
 
     async def _install(self) -> None:
         """The environment's packages, installed into this machine once (a marker file records
@@ -279,7 +308,7 @@ class HostedSandbox(Sandbox):
             f"then sudo -n sh -c {script}; else HOME={shlex.quote(self.workspace)} sh -c {script}; fi </dev/null 2>&1; "
             'rc=$?; [ $rc = 0 ] && mkdir -p "${m%/*}" && touch "$m"; exit $rc'
         )
-        code, out, _ = await self._helper(line, _INSTALL_TIMEOUT)
+        code, out, _ = await self._helper(line, _INSTALL_TIMEOUT, revive=False)
         if code != 0:
             raise SandboxError(install_failure(wanted, code, out.decode(errors="replace")))
 
@@ -343,14 +372,19 @@ class HostedSandbox(Sandbox):
         run_env = dict(env or {})
         if any("\0" in a for a in argv) or any("\0" in v or not _ENV_NAME.fullmatch(k) for k, v in run_env.items()):
             raise SandboxError(f"exec: cannot start {argv[0]!r}: NUL byte in an argument, or a bad variable name")
-        where = "" if cwd is None else self._remote(cwd)
-        base = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": self.workspace}
-        assignments = [f"{k}={v}" for k, v in {**base, **run_env}.items()]
         out, err = Capture(max_output), Capture(max_output)
         token = secrets.token_hex(12)
         flags = "n" if self.line_framed_output else "-"
-        wrapper = ["/bin/sh", "-c", WRAPPER, "oma-exec", token, self.workspace, where, flags]
-        line = shlex.join(["env", "-i", *assignments, *wrapper, *argv])
+
+        def line() -> str:  # built again if the machine had to be revived (its home may move)
+            where = "" if cwd is None else self._remote(cwd)
+            base = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": self.workspace}
+            assignments = [f"{k}={v}" for k, v in {**base, **run_env}.items()]
+            wrapper = ["/bin/sh", "-c", WRAPPER, "oma-exec", token, self.workspace, where, flags]
+            return shlex.join(["env", "-i", *assignments, *wrapper, *argv])
+
+        if cwd is not None:
+            self._remote(cwd)  # a bad path is refused before anything runs
         outcome = await self._run(line, token, timeout, out, err)
         if outcome.failure is not None:
             raise cwd_error(cwd or WORKSPACE, outcome.failure)
@@ -362,7 +396,7 @@ class HostedSandbox(Sandbox):
             timed_out=outcome.timed_out,
         )
 
-    async def _run(self, line: str, token: str, limit: float, out: Capture, err: Capture) -> _Outcome:
+    async def _run(self, line: Callable[[], str], token: str, limit: float, out: Capture, err: Capture) -> _Outcome:
         loop = asyncio.get_running_loop()
         survivors = asyncio.Event()
 
@@ -378,7 +412,7 @@ class HostedSandbox(Sandbox):
         job: Job | None = None
         cleaned = False
         try:
-            job = await self._launch(line, streams)
+            job = await self._revived(lambda: self._launch(line(), streams), revive=True)
             if token in self._running:
                 self._running[token] = job
             waiter = asyncio.ensure_future(job.wait())
@@ -444,12 +478,15 @@ class HostedSandbox(Sandbox):
         pipes = (pipes[0] if pipes[0] != "-" else "", pipes[1] if pipes[1] != "-" else "")
         line = shlex.join(["sh", "-c", KILL_ONE, "oma-kill", token, pid, *pipes])
         try:
-            await self._helper(line, _HELPER_TIMEOUT)
+            await self._helper(line, _HELPER_TIMEOUT, revive=False)
         except Exception as e:
             log.warning("%s sandbox %s: cannot kill a command: %s", self.runtime, self.session_id, self._describe(e))
 
-    async def _helper(self, line: str, limit: float) -> tuple[int, bytes, bytes]:
+    async def _helper(self, line: str, limit: float, *, revive: bool = True) -> tuple[int, bytes, bytes]:
         """Run one of our own short scripts; (exit code, stdout, stderr)."""
+        return await self._revived(lambda: self._quick(line, limit), revive)
+
+    async def _quick(self, line: str, limit: float) -> tuple[int, bytes, bytes]:
         out, err = Bytes(), Bytes()
         streams = Streams(out, err, secrets.token_hex(12), lambda: None)
         job = await self._launch(line, streams)
@@ -487,9 +524,12 @@ class HostedSandbox(Sandbox):
         return resolved
 
     async def _file_op(self, op: str, path: str, arg: str = "") -> bytes:
-        target = self._remote(path)
-        line = shlex.join(["sh", "-c", FILE_OP, "oma-file", op, target, arg, self.workspace])
-        code, out, err = await self._helper(line, _HELPER_TIMEOUT)
+        self._remote(path)  # a bad path is refused before anything runs
+
+        def line() -> str:
+            return shlex.join(["sh", "-c", FILE_OP, "oma-file", op, self._remote(path), arg, self.workspace])
+
+        code, out, err = await self._revived(lambda: self._quick(line(), _HELPER_TIMEOUT), revive=True)
         if code == 0:
             return out
         if code in FILE_ERRORS:

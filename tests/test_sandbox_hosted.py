@@ -172,3 +172,58 @@ def test_without_a_key_the_tool_fails_clearly(
     result = next(e for e in events if e.type == "agent.tool_result")
     assert result.is_error
     assert KEY_NAMES[runtime] in result.content[0].text
+
+
+# --- the machine stopped or deleted behind the runtime's back ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def service_options(service: tuple[str, Any]) -> dict[str, Any]:
+    runtime, fake = service
+    if runtime == "e2b":
+        return {"api_url": fake.url, "credentials": {"api_key": fake.api_key, "sandbox_url": fake.url}}
+    return {"api_url": fake.url, "credentials": {"api_key": fake.api_key}}
+
+
+async def open_hosted(runtime: str, options: dict[str, Any], tmp_path: Path) -> Any:
+    from sandbox import SandboxOptions, runtime_factory
+
+    sb = runtime_factory(runtime)(
+        f"sesn_revive_{secrets.token_hex(4)}", root=tmp_path, options=SandboxOptions(**options)
+    )
+    await sb.start()
+    return sb
+
+
+async def test_a_machine_suspended_behind_our_back_is_resumed(
+    service: tuple[str, Any], service_options: dict[str, Any], tmp_path: Path
+) -> None:
+    runtime, _ = service
+    sb = await open_hosted(runtime, service_options, tmp_path)
+    try:
+        await sb.write_file("kept.txt", b"still here")
+        # The service's idle timeout, or an operator, pauses / stops it; our object does not know.
+        await (sb._box.pause() if runtime == "e2b" else sb._box.stop())
+        res = await sb.exec(["cat", "kept.txt"])
+        assert (res.exit_code, res.stdout) == (0, "still here")
+        assert await sb.read_file("kept.txt") == b"still here"
+    finally:
+        await sb.destroy()
+
+
+async def test_a_machine_deleted_behind_our_back_is_recreated(
+    service: tuple[str, Any], service_options: dict[str, Any], tmp_path: Path
+) -> None:
+    runtime, fake = service
+    sb = await open_hosted(runtime, service_options, tmp_path)
+    try:
+        await sb.write_file("lost.txt", b"gone with the machine")
+        first = sb.workspace
+        await (sb._box.kill() if runtime == "e2b" else sb._box.delete())
+        res = await sb.exec("ls -A; echo fresh > new.txt")
+        assert (res.exit_code, res.stdout) == (0, "")  # a new machine: the workspace starts empty
+        assert await sb.read_file("new.txt") == b"fresh\n"
+        assert sb.workspace != first  # another machine, another home
+    finally:
+        await sb.destroy()
+    assert not [b for b in fake.sandboxes.values() if getattr(b, "state", "") in ("running", "started")]
