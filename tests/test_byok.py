@@ -5,6 +5,7 @@ answers 401 unless a request carries the key we expect; the official SDK drives 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Iterator
@@ -289,3 +290,28 @@ def test_rotation_while_the_server_runs(
     world.expect_key(key)
     _, events = world.run(agent_id, "newer", vault_ids=[newer])
     assert "echo: newer" in text_of(events)
+
+
+async def test_provider_clients_are_bounded_and_dropped_ones_closed_after_a_grace() -> None:
+    from core.providers import Endpoint, ProviderConfig, Providers
+
+    providers = Providers(ProviderConfig(anthropic=Endpoint("http://127.0.0.1:9/", None)), max_clients=2, close_grace=0)
+    resolve = providers.resolve
+
+    def closed(provider: Any) -> bool:
+        return bool(provider._client.is_closed())
+
+    first, _ = resolve("claude-sonnet-5", api_key="sk-ant-1")
+    second, _ = resolve("claude-sonnet-5", api_key="sk-ant-2")
+    assert resolve("claude-sonnet-5", api_key="sk-ant-1")[0] is first  # reused, and now the freshest
+    third, _ = resolve("claude-sonnet-5", api_key="sk-ant-3")
+    # The least recently used (key 2) was dropped: a new client if asked again, and closed after its grace.
+    assert resolve("claude-sonnet-5", api_key="sk-ant-1")[0] is first
+    for _ in range(1000):  # let the loop run the close (grace 0): no wall-clock wait
+        if closed(second):
+            break
+        await asyncio.sleep(0)
+    assert closed(second)
+    assert not closed(first) and not closed(third)
+    await providers.close()
+    assert closed(first) and closed(third)

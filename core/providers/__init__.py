@@ -7,6 +7,9 @@ by family (`claude-*` → Anthropic, `gpt-*`/`o1`/`o3`/`o4*` → OpenAI); `demo`
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -37,11 +40,16 @@ class ProviderConfig:
 
 class Providers:
     """Provider clients are made once per (provider, key, base URL) and reused: each keeps a
-    connection pool."""
+    connection pool. With bring-your-own-key every tenant's key is a client of its own, so at most
+    `max_clients` are kept, the least recently used dropped first; a dropped client is closed
+    after `close_grace` seconds, once any request it was serving is over."""
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderConfig, *, max_clients: int = 256, close_grace: float = 900.0) -> None:
         self.config = config
-        self._clients: dict[tuple[str, str | None, str | None], Provider] = {}
+        self.max_clients = max_clients
+        self.close_grace = close_grace
+        self._clients: OrderedDict[tuple[str, str | None, str | None], Provider] = OrderedDict()
+        self._retired: dict[asyncio.Task[None], Provider] = {}
         self._demo = DemoProvider()
 
     def split(self, model_id: str, *, compatible: Collection[str] = ()) -> tuple[str, str]:
@@ -88,7 +96,9 @@ class Providers:
             )
         cache_key = (kind, key, endpoint.base_url)
         client = self._clients.get(cache_key)
-        if client is None:
+        if client is not None:
+            self._clients.move_to_end(cache_key)
+        else:
             # The SDKs are imported on first use: together they take over a second to import,
             # which a restart (and so crash recovery) would otherwise pay up front.
             if kind == "anthropic":
@@ -100,7 +110,25 @@ class Providers:
 
                 client = OpenAIProvider(api_key=key, base_url=endpoint.base_url, name=kind)
             self._clients[cache_key] = client
+            while len(self._clients) > self.max_clients:
+                self._retire(self._clients.popitem(last=False)[1])
         return client, model
+
+    def _retire(self, client: Provider) -> None:
+        close = getattr(client, "close", None)
+        if close is None:
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(self.close_grace)
+            await close()
+
+        try:
+            task = asyncio.get_running_loop().create_task(later())
+        except RuntimeError:  # no loop (a synchronous caller): the client is left to the collector
+            return
+        self._retired[task] = client
+        task.add_done_callback(lambda done: self._retired.pop(done, None))
 
     def _endpoint(self, kind: str) -> Endpoint:
         if kind == "anthropic":
@@ -112,6 +140,13 @@ class Providers:
         return self.config.compatible.get(kind, Endpoint(None, None))
 
     async def close(self) -> None:
+        retired = list(self._retired.items())
+        self._retired.clear()
+        for task, client in retired:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._clients.setdefault(("retired", str(id(client)), None), client)
         for client in self._clients.values():
             close = getattr(client, "close", None)
             if close is not None:
