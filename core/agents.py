@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core import schemas
@@ -226,21 +227,7 @@ class AgentStore:
         return await self.get(tenant_id, agent_id)
 
     async def _get(self, conn: AsyncConnection, tenant_id: str, agent_id: str, version: int | None) -> Any:
-        query = _JOINED.where(agents.c.id == agent_id, agents.c.tenant_id == tenant_id)
-        if version is None:
-            query = query.where(agent_versions.c.version == agents.c.version)
-        else:
-            query = query.where(agent_versions.c.version == version)
-        row = (await conn.execute(query)).first()
-        if row is None:
-            if version is not None:
-                exists = await conn.execute(
-                    select(agents.c.id).where(agents.c.id == agent_id, agents.c.tenant_id == tenant_id)
-                )
-                if exists.first() is not None:
-                    raise NotFound(f"agent {agent_id} has no version {version}", error_code="agent_version_not_found")
-            raise NotFound(f"agent {agent_id} not found", error_code="agent_not_found")
-        return row
+        return await conn.run_sync(lambda c: get_row_sync(c, tenant_id, agent_id, version))
 
     async def get(self, tenant_id: str, agent_id: str, version: int | None = None) -> dict[str, Any]:
         async with self.db.read() as conn:
@@ -312,3 +299,25 @@ class AgentStore:
             await self._get(conn, tenant_id, agent_id, None)
             result = await keyset_page(conn, query, [agent_versions.c.version], order="desc", limit=limit, page=page)
         return [_render_joined(r) for r in result.rows], result
+
+
+def get_row_sync(conn: Connection, tenant_id: str, agent_id: str, version: int | None = None) -> Any:
+    """The agent joined with its current version (or `version`); NotFound when either is missing."""
+    query = _JOINED.where(agents.c.id == agent_id, agents.c.tenant_id == tenant_id)
+    if version is None:
+        query = query.where(agent_versions.c.version == agents.c.version)
+    else:
+        query = query.where(agent_versions.c.version == version)
+    row = conn.execute(query).first()
+    if row is None:
+        if version is not None:
+            exists = conn.execute(select(agents.c.id).where(agents.c.id == agent_id, agents.c.tenant_id == tenant_id))
+            if exists.first() is not None:
+                raise NotFound(f"agent {agent_id} has no version {version}", error_code="agent_version_not_found")
+        raise NotFound(f"agent {agent_id} not found", error_code="agent_not_found")
+    return row
+
+
+def render_row(row: Any) -> dict[str, Any]:
+    """An agent as the API shows it, from `get_row_sync`'s row."""
+    return _render_joined(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core import schemas
@@ -89,14 +90,7 @@ class EnvironmentStore:
         self.db = db
 
     async def _get(self, conn: AsyncConnection, tenant_id: str, env_id: str) -> Any:
-        row = (
-            await conn.execute(
-                select(environments).where(environments.c.id == env_id, environments.c.tenant_id == tenant_id)
-            )
-        ).first()
-        if row is None:
-            raise NotFound(f"environment {env_id} not found", error_code="environment_not_found")
-        return row
+        return await conn.run_sync(lambda c: get_row_sync(c, tenant_id, env_id))
 
     async def get(self, tenant_id: str, env_id: str) -> dict[str, Any]:
         async with self.db.read() as conn:
@@ -193,3 +187,12 @@ class EnvironmentStore:
                 page=page,
             )
         return [render(r) for r in result.rows], result
+
+
+def get_row_sync(conn: Connection, tenant_id: str, env_id: str) -> Any:
+    row = conn.execute(
+        select(environments).where(environments.c.id == env_id, environments.c.tenant_id == tenant_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"environment {env_id} not found", error_code="environment_not_found")
+    return row

@@ -24,13 +24,16 @@ from core.agents import (
     resolve_tool,
     snapshot,
 )
+from core.agents import get_row_sync as agents_get_row_sync
+from core.agents import render_row as agents_render_row
 from core.bus import Bus
 from core.db import Database, session_secrets, sessions
 from core.environments import EnvironmentStore
+from core.environments import get_row_sync as environments_get_row_sync
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.ids import new_id, now_us, us_to_rfc3339
 from core.pagination import Page, keyset_page
-from core.vaults import VaultStore
+from core.vaults import VaultStore, check_session_vaults_sync
 
 
 class SessionStatus(StrEnum):
@@ -189,51 +192,53 @@ class SessionStore:
         ref = req.agent
         agent_id = ref if isinstance(ref, str) else ref.id
         version = None if isinstance(ref, str) else ref.version
-        agent = await self.agents.get(tenant_id, agent_id, version)
-        if agent["archived_at"] is not None:
-            raise InvalidRequest(
-                f"agent {agent_id} is archived; new sessions cannot use it", error_code="agent_archived"
-            )
-        snap = snapshot(agent)
-        if isinstance(ref, schemas.AgentWithOverrides):
-            snap = _apply_overrides(snap, ref)
         now = now_us()
         resources, secrets = _resolve_resources(req.resources, now)
         session_id = new_id("sesn")
         # Repository tokens are stored sealed, bound to this tenant, session and resource.
         sealed = [(rid, self.vaults.seal_session_secret(tenant_id, session_id, rid, s)) for rid, s in secrets]
         initial = [event_to_new(e) for e in req.initial_events]
-        async with self.db.write() as conn:
-            env = await self.environments.get_row(conn, tenant_id, req.environment_id)
+        postgres = not self.db.sqlite
+
+        def transaction(conn: Connection) -> Any:
+            # One transaction, one trip to the database's worker: every check, then the rows.
+            agent = agents_render_row(agents_get_row_sync(conn, tenant_id, agent_id, version))
+            if agent["archived_at"] is not None:
+                raise InvalidRequest(
+                    f"agent {agent_id} is archived; new sessions cannot use it", error_code="agent_archived"
+                )
+            snap = snapshot(agent)
+            if isinstance(ref, schemas.AgentWithOverrides):
+                snap = _apply_overrides(snap, ref)
+            env = environments_get_row_sync(conn, tenant_id, req.environment_id)
             if env.archived_at is not None:
                 raise InvalidRequest(
                     f"environment {req.environment_id} is archived; new sessions cannot use it",
                     error_code="environment_archived",
                 )
-            await self.vaults.check_session_vaults(conn, tenant_id, req.vault_ids)
-            await conn.execute(
-                sessions.insert().values(
-                    id=session_id,
-                    tenant_id=tenant_id,
-                    agent_id=agent_id,
-                    agent_version=agent["version"],
-                    agent=snap,
-                    environment_id=req.environment_id,
-                    title=req.title,
-                    metadata=dict(req.metadata),
-                    resources=resources,
-                    vault_ids=list(req.vault_ids),
-                    budget=req.budget.model_dump() if req.budget else None,
-                    status=SessionStatus.IDLE,
-                    usage=EMPTY_USAGE,
-                    stats={"active_seconds": 0.0},
-                    last_seq=0,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+            check_session_vaults_sync(conn, tenant_id, req.vault_ids)
+            values = {
+                "id": session_id,
+                "tenant_id": tenant_id,
+                "agent_id": agent_id,
+                "agent_version": agent["version"],
+                "agent": snap,
+                "environment_id": req.environment_id,
+                "title": req.title,
+                "metadata": dict(req.metadata),
+                "resources": resources,
+                "vault_ids": list(req.vault_ids),
+                "budget": req.budget.model_dump() if req.budget else None,
+                "status": SessionStatus.IDLE,
+                "usage": EMPTY_USAGE,
+                "stats": {"active_seconds": 0.0},
+                "last_seq": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            conn.execute(sessions.insert().values(**values))
             if sealed:
-                await conn.execute(
+                conn.execute(
                     session_secrets.insert(),
                     [
                         {"session_id": session_id, "resource_id": rid, "secret": s.envelope, "key_id": s.key_id}
@@ -241,8 +246,12 @@ class SessionStore:
                     ],
                 )
             if initial:
-                await log.append(conn, session_id, initial, postgres=not self.db.sqlite)
-            row = await self._row(conn, tenant_id, session_id)
+                log.append_sync(conn, session_id, initial, postgres=postgres)
+            return conn.execute(
+                select(sessions).where(sessions.c.id == session_id, sessions.c.tenant_id == tenant_id)
+            ).one()
+
+        row = await self.db.run_write(transaction)
         if initial:
             self.bus.notify(session_id)
             self.bus.notify("*")

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -232,26 +233,7 @@ class VaultStore:
 
     async def check_session_vaults(self, conn: AsyncConnection, tenant_id: str, vault_ids: Sequence[str]) -> None:
         """A new session's `vault_ids` must name distinct, unarchived vaults of its tenant."""
-        if not vault_ids:
-            return
-        if len(vault_ids) > MAX_SESSION_VAULTS:
-            raise InvalidRequest(f"vault_ids: at most {MAX_SESSION_VAULTS} vaults per session")
-        seen: set[str] = set()
-        for vault_id in vault_ids:
-            if vault_id in seen:
-                raise InvalidRequest(f"vault_ids: vault {vault_id} is listed twice")
-            seen.add(vault_id)
-        rows = await conn.execute(
-            select(vaults.c.id, vaults.c.archived_at).where(vaults.c.tenant_id == tenant_id, vaults.c.id.in_(vault_ids))
-        )
-        found = {r.id: r.archived_at for r in rows}
-        for vault_id in vault_ids:
-            if vault_id not in found:
-                raise NotFound(f"vault_ids: vault {vault_id} not found", error_code="vault_not_found")
-            if found[vault_id] is not None:
-                raise InvalidRequest(
-                    f"vault_ids: vault {vault_id} is archived; new sessions cannot use it", error_code="vault_archived"
-                )
+        await conn.run_sync(lambda c: check_session_vaults_sync(c, tenant_id, vault_ids))
 
     # --- credentials ---------------------------------------------------------------------------
 
@@ -631,3 +613,27 @@ class VaultStore:
                     .values(secret=sealed.envelope, key_id=sealed.key_id)
                 )
         return len(rows)
+
+
+def check_session_vaults_sync(conn: Connection, tenant_id: str, vault_ids: Sequence[str]) -> None:
+    """`VaultStore.check_session_vaults` in the caller's (synchronous) transaction."""
+    if not vault_ids:
+        return
+    if len(vault_ids) > MAX_SESSION_VAULTS:
+        raise InvalidRequest(f"vault_ids: at most {MAX_SESSION_VAULTS} vaults per session")
+    seen: set[str] = set()
+    for vault_id in vault_ids:
+        if vault_id in seen:
+            raise InvalidRequest(f"vault_ids: vault {vault_id} is listed twice")
+        seen.add(vault_id)
+    rows = conn.execute(
+        select(vaults.c.id, vaults.c.archived_at).where(vaults.c.tenant_id == tenant_id, vaults.c.id.in_(vault_ids))
+    )
+    found = {r.id: r.archived_at for r in rows}
+    for vault_id in vault_ids:
+        if vault_id not in found:
+            raise NotFound(f"vault_ids: vault {vault_id} not found", error_code="vault_not_found")
+        if found[vault_id] is not None:
+            raise InvalidRequest(
+                f"vault_ids: vault {vault_id} is archived; new sessions cannot use it", error_code="vault_archived"
+            )
