@@ -408,6 +408,11 @@ def _identity(label: str) -> str:
     return hashlib.sha256(label.encode()).hexdigest()[:40]
 
 
+def mcp_identity(url: str) -> str:
+    """The identity of the MCP credentials (static_bearer, mcp_oauth) for the server at `url`."""
+    return _identity("mcp:" + url)
+
+
 def environment_identity(name: str) -> str:
     """The identity of the `environment_variable` credential named `name`."""
     return _identity("env:" + name)
@@ -449,7 +454,7 @@ def split_create(auth: Any) -> Split:
         label = f"MCP server {auth.mcp_server_url}"
         public: dict[str, Any] = {"type": kind.value, "mcp_server_url": auth.mcp_server_url}
         if isinstance(auth, StaticBearerCreate):
-            return Split(kind, _identity("mcp:" + auth.mcp_server_url), label, public, {"token": auth.token})
+            return Split(kind, mcp_identity(auth.mcp_server_url), label, public, {"token": auth.token})
         secret = {"access_token": auth.access_token}
         public["expires_at"] = _rfc3339(auth.expires_at)
         public["refresh"] = None
@@ -465,7 +470,7 @@ def split_create(auth: Any) -> Split:
             secret["refresh_token"] = ref.refresh_token
             if not isinstance(ref.token_endpoint_auth, TokenEndpointAuthNone):
                 secret["client_secret"] = ref.token_endpoint_auth.client_secret
-        return Split(kind, _identity("mcp:" + auth.mcp_server_url), label, public, secret)
+        return Split(kind, mcp_identity(auth.mcp_server_url), label, public, secret)
     if isinstance(auth, EnvironmentVariableCreate):
         public = {
             "type": kind.value,

@@ -32,6 +32,7 @@ from core.credentials import (
     VaultUpdate,
     change_for_update,
     environment_identity,
+    mcp_identity,
     split_create,
 )
 from core.db import Database, session_secrets, sessions, vault_credentials, vaults
@@ -469,14 +470,35 @@ class VaultStore:
     async def environment_secret(self, tenant_id: str, vault_ids: Sequence[str], name: str) -> str | None:
         """The value of the `environment_variable` credential named `name` (e.g. E2B_API_KEY for a
         hosted sandbox runtime): from the session's vaults in order, else the tenant's default vaults."""
+        found = await self._session_credential(
+            tenant_id, vault_ids, [CredentialKind.ENVIRONMENT_VARIABLE], environment_identity(name)
+        )
+        return found[1].get("secret_value") if found else None
+
+    async def mcp_token(self, tenant_id: str, vault_ids: Sequence[str], url: str) -> tuple[str, str, str] | None:
+        """The bearer token for the MCP server at `url` (a `static_bearer` or `mcp_oauth`
+        credential), with the ids of its vault and credential; session vaults first, then defaults."""
+        kinds = [CredentialKind.STATIC_BEARER, CredentialKind.MCP_OAUTH]
+        found = await self._session_credential(tenant_id, vault_ids, kinds, mcp_identity(url))
+        if found is None:
+            return None
+        row, secret = found
+        token = secret.get("token") or secret.get("access_token")
+        return (token, row.vault_id, row.id) if token else None
+
+    async def _session_credential(
+        self, tenant_id: str, vault_ids: Sequence[str], kinds: Sequence[CredentialKind], identity: str
+    ) -> tuple[Any, dict[str, str]] | None:
+        """The active credential of one of `kinds` for `identity` in the session's vaults (in
+        their order), else the tenant's default vaults; with its opened secret fields."""
         usable = (
             select(vault_credentials.c.id, vault_credentials.c.vault_id, vault_credentials.c.secret)
             .join(vaults, vaults.c.id == vault_credentials.c.vault_id)
             .where(
                 vault_credentials.c.tenant_id == tenant_id,
                 vault_credentials.c.archived_at.is_(None),
-                vault_credentials.c.kind == CredentialKind.ENVIRONMENT_VARIABLE.value,
-                vault_credentials.c.identity == environment_identity(name),
+                vault_credentials.c.kind.in_([k.value for k in kinds]),
+                vault_credentials.c.identity == identity,
                 vaults.c.archived_at.is_(None),
             )
         )
@@ -496,7 +518,7 @@ class VaultStore:
                 ).first()
         if found is None:
             return None
-        return self._open_fields(found.secret, credential_binding(tenant_id, found.id)).get("secret_value")
+        return found, self._open_fields(found.secret, credential_binding(tenant_id, found.id))
 
     async def workspace_credential(self, tenant_id: str, vault_id: str, kind: CredentialKind) -> dict[str, Any] | None:
         """The active workspace credential of `kind` in a vault: its shown fields and its secrets

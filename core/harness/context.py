@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.log import StoredEvent
+from core.mcp import model_name as mcp_model_name
 
 USER_INPUT_TYPES = frozenset({"user.message", "system.message", "user.custom_tool_result"})
 TOOL_USE_TYPES = frozenset({"agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use"})
@@ -88,11 +89,13 @@ def build(events: Iterable[StoredEvent], *, include_pending: bool = True) -> Con
             for block in payload["content"]:
                 conv.add("assistant", block)
         elif kind in TOOL_USE_TYPES:
-            conv.add(
-                "assistant", {"type": "tool_use", "id": event.id, "name": payload["name"], "input": payload["input"]}
-            )
-        elif kind == "agent.tool_result":
-            block = {"type": "tool_result", "tool_use_id": payload["tool_use_id"]}
+            name = payload["name"]
+            if kind == "agent.mcp_tool_use":  # the model knows it by its server-qualified name
+                name = mcp_model_name(payload["mcp_server_name"], name)
+            conv.add("assistant", {"type": "tool_use", "id": event.id, "name": name, "input": payload["input"]})
+        elif kind in ("agent.tool_result", "agent.mcp_tool_result"):
+            tool_use_id = payload["tool_use_id"] if kind == "agent.tool_result" else payload["mcp_tool_use_id"]
+            block = {"type": "tool_result", "tool_use_id": tool_use_id}
             if payload.get("content"):
                 block["content"] = payload["content"]
             if payload.get("is_error"):

@@ -18,6 +18,7 @@ from core.harness.state import State, derive
 from core.harness.turn import Interrupted, TurnContext
 from core.ids import new_id, now_us
 from core.log import NewEvent, StoredEvent
+from core.mcp import MODEL_PREFIX, McpServers, McpTool
 from core.providers.base import Delta, DeltaKind, ErrorKind, ModelError, ModelRequest, ModelResponse
 from core.tools import READ_ONLY_TOOLS, enabled_tools, run_tool
 from core.tools.base import ToolOutcome
@@ -42,11 +43,19 @@ def idle(stop_reason: dict[str, Any]) -> NewEvent:
     return NewEvent("session.status_idle", {"stop_reason": stop_reason})
 
 
-def tool_result(tool_use_id: str, content: list[dict[str, Any]], is_error: bool) -> NewEvent:
-    payload: dict[str, Any] = {"tool_use_id": tool_use_id, "content": content}
+def tool_result(tool_use_id: str, content: list[dict[str, Any]], is_error: bool, *, mcp: bool = False) -> NewEvent:
+    """The result of a tool call: `agent.tool_result`, or `agent.mcp_tool_result` for an MCP tool."""
+    payload: dict[str, Any] = {"mcp_tool_use_id" if mcp else "tool_use_id": tool_use_id, "content": content}
     if is_error:
         payload["is_error"] = True
-    return NewEvent("agent.tool_result", payload)
+    return NewEvent("agent.mcp_tool_result" if mcp else "agent.tool_result", payload)
+
+
+def result_for(tool_use: StoredEvent, content: list[dict[str, Any]], is_error: bool) -> NewEvent:
+    return tool_result(tool_use.id, content, is_error, mcp=tool_use.type == "agent.mcp_tool_use")
+
+
+TOOL_CALLS = ("agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use")
 
 
 def text(message: str) -> list[dict[str, Any]]:
@@ -75,6 +84,48 @@ class DefaultHarness:
         self.fresh: set[str] = set()
         # Set by recovery: the previous owner's model call never completed and must be made again.
         self.redo_call = False
+        self._mcp: McpServers | None = None
+        self._mcp_tools: list[McpTool] = []
+        self._mcp_reported: set[str] = set()
+
+    @property
+    def mcp(self) -> McpServers:
+        """The agent's MCP servers (after the first refresh: the session's agent is known)."""
+        if self._mcp is None:
+            self._mcp = McpServers(self.ctx.session.agent, self._mcp_token)
+        return self._mcp
+
+    async def _mcp_token(self, url: str) -> str | None:
+        ctx = self.ctx
+        if ctx.vaults is None:
+            return None
+        found = await ctx.vaults.mcp_token(ctx.tenant_id, list(ctx.session.vault_ids or []), url)
+        return found[0] if found else None
+
+    async def list_mcp_tools(self) -> None:
+        """The MCP tools for the next model call; a server that fails is reported once per run."""
+        if not self.mcp:
+            return
+        self._mcp_tools, failures = await self.mcp.tools()
+        fresh = [f for f in failures if f.server not in self._mcp_reported]
+        if fresh:
+            self._mcp_reported.update(f.server for f in fresh)
+            await self.ctx.emit(
+                [
+                    NewEvent(
+                        "session.error",
+                        {
+                            "error": {
+                                "type": f.error_type,
+                                "message": f.message,
+                                "mcp_server_name": f.server,
+                                "retry_status": {"type": "retrying"},
+                            }
+                        },
+                    )
+                    for f in fresh
+                ]
+            )
 
     async def run(self) -> None:
         ctx = self.ctx
@@ -130,7 +181,7 @@ class DefaultHarness:
         if state.open_span is not None:
             events.append(self.span_end(state.open_span.id, None, is_error=True))
         for tool_use in state.unresolved:
-            events.append(tool_result(tool_use.id, text(INTERRUPTED_BY_USER), True))
+            events.append(result_for(tool_use, text(INTERRUPTED_BY_USER), True))
         if ctx.status != "idle" or state.unresolved:
             events.append(idle({"type": "end_turn"}))
         await ctx.emit(
@@ -150,9 +201,6 @@ class DefaultHarness:
             if tool_use.type == "agent.custom_tool_use":
                 waiting.append(tool_use.id)
                 continue
-            if tool_use.type == "agent.mcp_tool_use":
-                await ctx.emit([tool_result(tool_use.id, text("MCP servers are not supported yet."), True)])
-                continue
             permission = tool_use.payload.get("evaluated_permission", "allow")
             confirmation = state.confirmations.get(tool_use.id)
             started_before = tool_use.id not in self.fresh
@@ -163,7 +211,7 @@ class DefaultHarness:
                 if confirmation.payload["result"] == "deny":
                     reason = confirmation.payload.get("deny_message") or "The user denied this tool call."
                     await ctx.emit(
-                        [tool_result(tool_use.id, text(f"Permission denied: {reason}"), True)],
+                        [result_for(tool_use, text(f"Permission denied: {reason}"), True)],
                         processed=[confirmation.seq],
                     )
                     continue
@@ -172,10 +220,10 @@ class DefaultHarness:
                 if not started_before:
                     await ctx.emit([], processed=[confirmation.seq])
             elif permission == "deny":
-                await ctx.emit([tool_result(tool_use.id, text("This tool call is not permitted."), True)])
+                await ctx.emit([result_for(tool_use, text("This tool call is not permitted."), True)])
                 continue
-            if started_before and tool_use.payload["name"] not in READ_ONLY_TOOLS:
-                await ctx.emit([tool_result(tool_use.id, text(INTERRUPTED_BY_CRASH), True)])
+            if started_before and not await self.read_only(tool_use):
+                await ctx.emit([result_for(tool_use, text(INTERRUPTED_BY_CRASH), True)])
                 continue
             if ctx.status != "running":
                 await ctx.emit([NewEvent("session.status_running")], status="running")
@@ -183,11 +231,23 @@ class DefaultHarness:
                 outcome = await ctx.interruptible(self.execute(tool_use))
             except Interrupted:
                 return None
-            await ctx.emit([tool_result(tool_use.id, outcome.content, outcome.is_error)])
+            await ctx.emit([result_for(tool_use, outcome.content, outcome.is_error)])
         return waiting
+
+    async def read_only(self, tool_use: StoredEvent) -> bool:
+        """Whether the call may run again after a crash: built-in read-only tools, and MCP tools
+        their server marks read-only."""
+        if tool_use.type != "agent.mcp_tool_use":
+            return tool_use.payload["name"] in READ_ONLY_TOOLS
+        await self.mcp.tools()
+        tool = self.mcp.find(tool_use.payload["mcp_server_name"], tool_use.payload["name"])
+        return tool is not None and tool.read_only
 
     async def execute(self, tool_use: StoredEvent) -> Any:
         ctx = self.ctx
+        if tool_use.type == "agent.mcp_tool_use":
+            payload = tool_use.payload
+            return await self.mcp.call(payload["mcp_server_name"], payload["name"], payload.get("input") or {})
         name = tool_use.payload["name"]
         config = next(
             (
@@ -239,7 +299,11 @@ class DefaultHarness:
     # --- the model -----------------------------------------------------------------------------
 
     def tools_for_model(self) -> list[dict[str, Any]]:
-        return model_tools(self.ctx.session.agent)
+        mcp = [
+            {"name": t.model_name, "description": t.description, "input_schema": t.input_schema}
+            for t in self._mcp_tools
+        ]
+        return model_tools(self.ctx.session.agent) + mcp
 
     def policies(self) -> dict[str, str]:
         return {spec.name: spec.permission_policy for spec in enabled_tools(self.ctx.session.agent["tools"])}
@@ -278,6 +342,7 @@ class DefaultHarness:
             await ctx.emit(opening, status="running")
             opening = []
         conv = await self.maybe_compact(conv, provider, model)
+        await self.list_mcp_tools()
         attempt = 0
         while True:
             queued_input = [
@@ -385,28 +450,34 @@ class DefaultHarness:
                 if name in custom:
                     events.append(NewEvent("agent.custom_tool_use", {"name": name, "input": tool_input}))
                     continue
-                policy = policies.get(name)
+                mcp_tool = self.mcp.lookup(name) if name.startswith(MODEL_PREFIX) and self.mcp else None
+                policy = mcp_tool.policy if mcp_tool is not None else policies.get(name)
+                read_only = mcp_tool.read_only if mcp_tool is not None else name in READ_ONLY_TOOLS
                 evaluation: dict[str, Any] | None
                 if policy is None:
                     permission, evaluation = "deny", None
                 elif policy == "always_ask":
                     permission, evaluation = "ask", {"type": "always_ask"}
                 elif policy == "auto":
-                    permission = "allow" if name in READ_ONLY_TOOLS else "ask"
+                    permission = "allow" if read_only else "ask"
                     evaluation = {"type": "auto", "evaluated_permission": {"type": permission}}
                 else:
                     permission, evaluation = "allow", {"type": "always_allow"}
                 payload: dict[str, Any] = {"name": name, "input": tool_input, "evaluated_permission": permission}
                 if evaluation is not None:
                     payload["evaluation"] = evaluation
+                if mcp_tool is not None:
+                    payload["name"], payload["mcp_server_name"] = mcp_tool.name, mcp_tool.server
+                    events.append(NewEvent("agent.mcp_tool_use", payload))
+                    continue
                 events.append(NewEvent("agent.tool_use", payload))
         for event in events:
             if event.id is None:
                 event.id = new_id("sevt")
-            if event.type in ("agent.tool_use", "agent.custom_tool_use"):
+            if event.type in TOOL_CALLS:
                 self.fresh.add(event.id)
         events.append(self.span_end(start.id, response))
-        final = not any(e.type in ("agent.tool_use", "agent.custom_tool_use") for e in events)
+        final = not any(e.type in TOOL_CALLS for e in events)
         if final and response.stop_reason != "refusal":
             # The usual last step of a turn: idle in the same write unless input is waiting.
             state = derive(self.ctx.events, self.ctx.queued_seqs)

@@ -37,6 +37,8 @@ def derive(events: Sequence[StoredEvent], queued_seqs: set[int]) -> State:
             tool_uses[event.id] = event
         elif kind == "agent.tool_result":
             resolved.add(event.payload["tool_use_id"])
+        elif kind == "agent.mcp_tool_result":
+            resolved.add(event.payload["mcp_tool_use_id"])
         elif kind == "user.custom_tool_result":
             resolved.add(event.payload["custom_tool_use_id"])
         elif kind == "user.tool_confirmation":
