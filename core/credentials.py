@@ -541,7 +541,7 @@ def change_for_update(kind: CredentialKind, public: dict[str, Any], auth: Any) -
     if isinstance(auth, MCPOAuthUpdate):
         if auth.access_token is not None:
             secret["access_token"] = auth.access_token
-        if "expires_at" in auth.model_fields_set and auth.expires_at is not None:
+        if "expires_at" in auth.model_fields_set:  # null: the token's expiry is not known
             out["expires_at"] = _rfc3339(auth.expires_at)
         if auth.refresh is not None:
             refresh = dict(out.get("refresh") or {})

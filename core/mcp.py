@@ -21,11 +21,12 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from core.tools.base import ToolOutcome
 
 log = logging.getLogger("oma.mcp")
+T = TypeVar("T")
 
 MODEL_PREFIX = "mcp__"
 CALL_TIMEOUT = 300.0
@@ -89,15 +90,29 @@ def _config(toolset: dict[str, Any], tool: str) -> tuple[bool, str]:
     return bool(enabled), str(policy)
 
 
-TokenFor = Callable[[str], Awaitable[str | None]]
+class TokenSource(Protocol):
+    """Where a session's MCP bearer tokens come from (core/mcp_oauth.py: its vaults)."""
+
+    async def token(self, url: str) -> str | None: ...
+
+    async def refreshed(self, url: str, stale: str) -> str | None:
+        """After the server refused `stale`: another token to try, or None."""
+
+
+class NoTokens:
+    async def token(self, url: str) -> str | None:
+        return None
+
+    async def refreshed(self, url: str, stale: str) -> str | None:
+        return None
 
 
 class McpServers:
     """A session run's view of its agent's MCP servers."""
 
-    def __init__(self, agent: dict[str, Any], token_for: TokenFor) -> None:
+    def __init__(self, agent: dict[str, Any], tokens: TokenSource) -> None:
         self.servers = toolsets(agent)
-        self.token_for = token_for
+        self.tokens = tokens
         self._tools: dict[str, list[McpTool]] = {}
 
     def __bool__(self) -> bool:
@@ -123,40 +138,62 @@ class McpServers:
     def find(self, server: str, tool: str) -> McpTool | None:
         return next((t for t in self._tools.get(server, []) if t.name == tool), None)
 
+    async def _authorized(self, name: str, server: dict[str, Any], work: Callable[[Any], Awaitable[T]]) -> T:
+        """`work(client)` on a connection with the session's token; when the server refuses it,
+        once more with a refreshed one (an expired OAuth access token)."""
+        url = server["url"]
+        token = await self.tokens.token(url)
+        try:
+            async with self._client(name, url, token) as client:
+                return await work(client)
+        except McpFailure as failure:
+            if failure.kind != "authentication" or not token:
+                raise
+            fresh = await self.tokens.refreshed(url, token)
+            if not fresh:
+                raise
+        async with self._client(name, url, fresh) as client:
+            return await work(client)
+
     async def _list(self, name: str, server: dict[str, Any]) -> list[McpTool]:
+        return await self._authorized(name, server, lambda client: self._listing(name, server, client))
+
+    async def _listing(self, name: str, server: dict[str, Any], client: Any) -> list[McpTool]:
         tools: list[McpTool] = []
-        async with self._client(name, server) as client:
-            cursor: str | None = None
-            while True:
-                listing = await client.list_tools(cursor=cursor)
-                for tool in listing.tools:
-                    enabled, policy = _config(server["toolset"], tool.name)
-                    if not enabled:
-                        continue
-                    annotations = tool.annotations
-                    tools.append(
-                        McpTool(
-                            server=name,
-                            name=tool.name,
-                            model_name=model_name(name, tool.name),
-                            description=tool.description or tool.title or tool.name,
-                            input_schema=dict(tool.input_schema or {"type": "object"}),
-                            policy=policy,
-                            read_only=bool(annotations is not None and annotations.read_only_hint),
-                        )
+        cursor: str | None = None
+        while True:
+            listing = await client.list_tools(cursor=cursor)
+            for tool in listing.tools:
+                enabled, policy = _config(server["toolset"], tool.name)
+                if not enabled:
+                    continue
+                annotations = tool.annotations
+                tools.append(
+                    McpTool(
+                        server=name,
+                        name=tool.name,
+                        model_name=model_name(name, tool.name),
+                        description=tool.description or tool.title or tool.name,
+                        input_schema=dict(tool.input_schema or {"type": "object"}),
+                        policy=policy,
+                        read_only=bool(annotations is not None and annotations.read_only_hint),
                     )
-                cursor = listing.next_cursor
-                if not cursor:
-                    return tools
+                )
+            cursor = listing.next_cursor
+            if not cursor:
+                return tools
 
     async def call(self, server: str, tool: str, arguments: dict[str, Any]) -> ToolOutcome:
         """Call the tool; a failure to reach the server is an error result the model sees."""
         spec = self.servers.get(server)
         if spec is None:
             return ToolOutcome.text(f"MCP server {server!r} is not configured for this agent", is_error=True)
+
+        async def run(client: Any) -> Any:
+            return await client.call_tool(tool, arguments, read_timeout_seconds=CALL_TIMEOUT)
+
         try:
-            async with self._client(server, spec) as client:
-                result = await client.call_tool(tool, arguments, read_timeout_seconds=CALL_TIMEOUT)
+            result = await self._authorized(server, spec, run)
         except McpFailure as failure:
             return ToolOutcome.text(f"{tool}: {failure.message}", is_error=True)
         except Exception as e:
@@ -169,40 +206,49 @@ class McpServers:
         return ToolOutcome(content or [{"type": "text", "text": "(no output)"}], bool(result.is_error))
 
     @contextlib.asynccontextmanager
-    async def _client(self, name: str, server: dict[str, Any]) -> AsyncIterator[Any]:
-        import httpx2
-        from mcp.client.client import Client
-        from mcp.client.streamable_http import streamable_http_client
+    async def _client(
+        self, name: str, url: str, token: str | None, responses: list[Any] | None = None
+    ) -> AsyncIterator[Any]:
+        async with connect(name, url, token, responses) as client:
+            yield client
 
-        url = server["url"]
-        token = await self.token_for(url)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        timeout = httpx2.Timeout(CONNECT_TIMEOUT, read=CALL_TIMEOUT)
-        refused: list[int] = []  # the SDK reports an HTTP 401 as a generic error: watch for it here
 
-        async def watch(response: httpx2.Response) -> None:
-            if response.status_code in (401, 403):
-                refused.append(response.status_code)
+@contextlib.asynccontextmanager
+async def connect(name: str, url: str, token: str | None, responses: list[Any] | None = None) -> AsyncIterator[Any]:
+    """An initialized MCP client for the server at `url`; McpFailure when it cannot be had.
+    `responses` collects the HTTP error responses seen (status, content type, body)."""
+    import httpx2
+    from mcp.client.client import Client
+    from mcp.client.streamable_http import streamable_http_client
 
-        entered = False
-        try:
-            async with (
-                httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks={"response": [watch]}) as http,
-                Client(streamable_http_client(url, http_client=http), mode="legacy", raise_exceptions=True) as client,
-            ):
-                entered = True
-                yield client
-        except McpFailure:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = httpx2.Timeout(CONNECT_TIMEOUT, read=CALL_TIMEOUT)
+    refused: list[int] = []  # the SDK reports an HTTP 401 as a generic error: watch for it here
+
+    async def watch(response: httpx2.Response) -> None:
+        if response.status_code in (401, 403):
+            refused.append(response.status_code)
+        if response.status_code >= 400 and responses is not None:
+            body = (await response.aread()).decode(errors="replace")
+            responses.append((response.status_code, response.headers.get("content-type", ""), body))
+
+    entered = False
+    try:
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks={"response": [watch]}) as http,
+            Client(streamable_http_client(url, http_client=http), mode="legacy", raise_exceptions=True) as client,
+        ):
+            entered = True
+            yield client
+    except McpFailure:
+        raise
+    except Exception as e:
+        status = refused[0] if refused else _status(e)
+        if entered and status not in (401, 403) and not _is_transport_failure(e):
             raise
-        except Exception as e:
-            status = refused[0] if refused else _status(e)
-            if entered and status not in (401, 403) and not _is_transport_failure(e):
-                raise
-            if status in (401, 403):
-                raise McpFailure(
-                    name, "authentication", f"MCP server {name!r} refused the credentials ({status})"
-                ) from e
-            raise McpFailure(name, "connection", f"cannot reach MCP server {name!r} at {url}: {_describe(e)}") from e
+        if status in (401, 403):
+            raise McpFailure(name, "authentication", f"MCP server {name!r} refused the credentials ({status})") from e
+        raise McpFailure(name, "connection", f"cannot reach MCP server {name!r} at {url}: {_describe(e)}") from e
 
 
 def _block(item: Any) -> dict[str, Any]:
@@ -249,3 +295,21 @@ def _describe(e: BaseException) -> str:
     leaves = _leaves(e)
     leaf = next((x for x in leaves if not isinstance(x, BaseExceptionGroup)), e)
     return str(leaf) or type(leaf).__name__
+
+
+async def probe(url: str, token: str | None) -> dict[str, Any] | None:
+    """Connect to the MCP server at `url` with `token`, initialize and list its tools: None if all
+    went well, else the failing step as the validation object's `mcp_probe` shows it."""
+    from core.mcp_oauth import captured
+
+    responses: list[Any] = []
+    method = "initialize"
+    try:
+        async with connect("probe", url, token, responses) as client:
+            method = "tools/list"
+            await client.list_tools()
+    except Exception as e:
+        log.info("mcp probe of %s failed at %s: %s", url, method, _describe(e))
+        http = captured(*responses[-1]) if responses else None
+        return {"method": method, "http_response": http}
+    return None

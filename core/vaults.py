@@ -104,6 +104,16 @@ class KeyUsage:
     secrets: int
 
 
+@dataclass(frozen=True, slots=True)
+class McpCredential:
+    token: str
+    vault_id: str
+    credential_id: str
+    oauth: bool
+    expires_at: str | None  # RFC 3339, mcp_oauth only
+    refreshable: bool
+
+
 class VaultStore:
     def __init__(self, db: Database, box: SecretBox | None) -> None:
         self.db = db
@@ -384,7 +394,7 @@ class VaultStore:
         return [render_credential(r) for r in result.rows], result
 
     async def validate_mcp_oauth(self, tenant_id: str, vault_id: str, credential_id: str) -> dict[str, Any]:
-        """This server does not probe MCP servers yet: the verdict is `unknown`, honestly."""
+        """Probe the credential's MCP server with it (refreshing it on a 401): core/mcp_oauth.py."""
         async with self.db.read() as conn:
             row = await self._credential(conn, tenant_id, vault_id, credential_id)
         if row.kind != CredentialKind.MCP_OAUTH:
@@ -396,16 +406,9 @@ class VaultStore:
             raise InvalidRequest(
                 f"credential {credential_id} is archived, so it cannot be validated", error_code="credential_archived"
             )
-        return {
-            "type": "vault_credential_validation",
-            "credential_id": credential_id,
-            "vault_id": vault_id,
-            "status": "unknown",
-            "has_refresh_token": row.auth.get("refresh") is not None,
-            "mcp_probe": None,
-            "refresh": None,
-            "validated_at": us_to_rfc3339(now_us()),
-        }
+        from core.mcp_oauth import validate
+
+        return await validate(self, tenant_id, vault_id, credential_id)
 
     # --- bring your own key --------------------------------------------------------------------
 
@@ -475,16 +478,34 @@ class VaultStore:
         )
         return found[1].get("secret_value") if found else None
 
-    async def mcp_token(self, tenant_id: str, vault_ids: Sequence[str], url: str) -> tuple[str, str, str] | None:
-        """The bearer token for the MCP server at `url` (a `static_bearer` or `mcp_oauth`
-        credential), with the ids of its vault and credential; session vaults first, then defaults."""
+    async def mcp_credential(self, tenant_id: str, vault_ids: Sequence[str], url: str) -> McpCredential | None:
+        """The credential for the MCP server at `url` (`static_bearer` or `mcp_oauth`): session
+        vaults first, then the tenant's default vaults."""
         kinds = [CredentialKind.STATIC_BEARER, CredentialKind.MCP_OAUTH]
         found = await self._session_credential(tenant_id, vault_ids, kinds, mcp_identity(url))
         if found is None:
             return None
         row, secret = found
         token = secret.get("token") or secret.get("access_token")
-        return (token, row.vault_id, row.id) if token else None
+        if not token:
+            return None
+        return McpCredential(
+            token=token,
+            vault_id=row.vault_id,
+            credential_id=row.id,
+            oauth=row.kind == CredentialKind.MCP_OAUTH,
+            expires_at=row.auth.get("expires_at"),
+            refreshable=bool(row.auth.get("refresh")) and bool(secret.get("refresh_token")),
+        )
+
+    async def credential_fields(
+        self, tenant_id: str, vault_id: str, credential_id: str
+    ) -> tuple[CredentialKind, dict[str, Any], dict[str, str]]:
+        """A credential's kind, shown fields and opened secret fields (for the platform's own use)."""
+        async with self.db.read() as conn:
+            row = await self._credential(conn, tenant_id, vault_id, credential_id)
+        secret = self._open_fields(row.secret, credential_binding(tenant_id, row.id))
+        return CredentialKind(row.kind), dict(row.auth), secret
 
     async def _session_credential(
         self, tenant_id: str, vault_ids: Sequence[str], kinds: Sequence[CredentialKind], identity: str
@@ -492,7 +513,13 @@ class VaultStore:
         """The active credential of one of `kinds` for `identity` in the session's vaults (in
         their order), else the tenant's default vaults; with its opened secret fields."""
         usable = (
-            select(vault_credentials.c.id, vault_credentials.c.vault_id, vault_credentials.c.secret)
+            select(
+                vault_credentials.c.id,
+                vault_credentials.c.vault_id,
+                vault_credentials.c.kind,
+                vault_credentials.c.auth,
+                vault_credentials.c.secret,
+            )
             .join(vaults, vaults.c.id == vault_credentials.c.vault_id)
             .where(
                 vault_credentials.c.tenant_id == tenant_id,

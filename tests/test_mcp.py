@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,56 @@ class McpServerThread:
             return f"stored: {note}"
 
         app = server.streamable_http_app(streamable_http_path="/mcp")
-        token = self.token
+        # Tokens the server takes; an OAuth token endpoint at /token rotates them (client "oma-app",
+        # secret "app-secret", HTTP Basic), as an OAuth-protected MCP server's authorization server would.
+        self.accepted = {self.token}
+        self.refresh_tokens = {"refresh-1"}
+        self.token_requests: list[dict[str, Any]] = []
+
+        async def token_endpoint(scope: Any, receive: Any, send: Any) -> None:
+            import base64
+            import json
+            import urllib.parse
+
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            form = dict(urllib.parse.parse_qsl(body.decode()))
+            headers = dict(scope.get("headers") or [])
+            basic = headers.get(b"authorization", b"").decode()
+            self.token_requests.append({"form": form, "authorization": basic})
+            expected = "Basic " + base64.b64encode(b"oma-app:app-secret").decode()
+            ok = (
+                basic == expected
+                and form.get("grant_type") == "refresh_token"
+                and form.get("refresh_token") in self.refresh_tokens
+            )
+            if ok:
+                self.refresh_tokens.discard(form["refresh_token"])
+                access, rotated = "mcp-" + secrets.token_hex(16), "refresh-" + secrets.token_hex(4)
+                self.accepted = {access}
+                self.refresh_tokens.add(rotated)
+                status, answer = 200, {"access_token": access, "token_type": "Bearer", "expires_in": 3600}
+                answer["refresh_token"] = rotated
+            else:
+                status, answer = 400, {"error": "invalid_grant", "refresh_token": form.get("refresh_token")}
+            data = json.dumps(answer).encode()
+            await send(
+                {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": data})
 
         async def guarded(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"] == "/token":
+                await token_endpoint(scope, receive, send)
+                return
             if scope["type"] == "http":
                 headers = dict(scope.get("headers") or [])
-                if headers.get(b"authorization") != f"Bearer {token}".encode():
+                given = headers.get(b"authorization", b"").decode().removeprefix("Bearer ")
+                if given not in self.accepted:
                     await send({"type": "http.response.start", "status": 401, "headers": []})
                     await send({"type": "http.response.body", "body": b"unauthorized"})
                     return
@@ -64,14 +109,22 @@ class McpServerThread:
         wait_for(lambda: self.server.started, "the MCP server to start")
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/mcp"
+        self.token_url = f"http://127.0.0.1:{port}/token"
         return self
+
+    def rotate(self) -> str:
+        """The server stops taking the current token (as when it expires); the new one is unknown
+        to the client until it refreshes."""
+        self.accepted = {"mcp-" + secrets.token_hex(16)}
+        self.refresh_tokens = {"refresh-1"}
+        return next(iter(self.accepted))
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def mcp_server() -> Iterator[McpServerThread]:
     srv = McpServerThread().start()
     yield srv
@@ -261,3 +314,86 @@ def test_model_names_fit_the_model_apis() -> None:
     long = model_name("s" * 40, "t" * 40)
     assert len(long) == 64 and long.startswith("mcp__sss")
     assert long != model_name("s" * 40, "t" * 41)
+
+
+def oauth_vault(
+    client: anthropic.Anthropic, mcp: McpServerThread, access: str, expires_at: str | None
+) -> tuple[str, str]:
+    vault = client.beta.vaults.create(display_name="mcp oauth")
+    auth: Any = {
+        "type": "mcp_oauth",
+        "mcp_server_url": mcp.url,
+        "access_token": access,
+        "expires_at": expires_at,
+        "refresh": {
+            "client_id": "oma-app",
+            "refresh_token": "refresh-1",
+            "token_endpoint": mcp.token_url,
+            "token_endpoint_auth": {"type": "client_secret_basic", "client_secret": "app-secret"},
+            "scope": "notes:read notes:write",
+        },
+    }
+    credential = client.beta.vaults.credentials.create(vault.id, auth=auth)
+    return vault.id, credential.id
+
+
+@pytest.mark.parametrize("how", ["expired", "refused"])
+def test_an_oauth_token_is_refreshed_and_the_rotated_tokens_sealed_back(
+    how: str,
+    client: anthropic.Anthropic,
+    server: ServerThread,
+    mcp_server: McpServerThread,
+    model: FakeModelServer,
+    fake_loop: LoopThread,
+) -> None:
+    old = mcp_server.token
+    mcp_server.rotate()  # the server no longer takes `old`
+    # "expired": the vault says the token expires within the refresh margin (a minute); "refused":
+    # it thinks the token is good, the server says no.
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    expires_at = soon if how == "expired" else None
+    vault_id, credential_id = oauth_vault(client, mcp_server, old, expires_at)
+    fake_loop.run(lambda: model.reply("Adding.", tool_use={"name": "mcp__notes__add", "input": {"a": 4, "b": 4}}))
+    fake_loop.run(lambda: model.reply("8."))
+
+    _, events = start(client, agent_with(client, mcp_server.url), "add", vault_ids=[vault_id])
+
+    assert not [e for e in events if e.type == "session.error"], [e.error for e in events if e.type == "session.error"]
+    result = next(e for e in events if e.type == "agent.mcp_tool_result")
+    assert result.content[0].text == "8" and not result.is_error
+    (request,) = mcp_server.token_requests
+    assert request["form"]["refresh_token"] == "refresh-1" and request["form"]["scope"] == "notes:read notes:write"
+    assert request["authorization"].startswith("Basic ")
+    # The new access token and the rotated refresh token are in the vault (sealed): a second
+    # session uses them without another refresh.
+    credential = client.beta.vaults.credentials.retrieve(credential_id, vault_id=vault_id)
+    assert credential.auth.expires_at is not None  # type: ignore[union-attr]
+    fake_loop.run(lambda: model.reply("Again.", tool_use={"name": "mcp__notes__add", "input": {"a": 1, "b": 2}}))
+    fake_loop.run(lambda: model.reply("3."))
+    _, again = start(client, agent_with(client, mcp_server.url), "add", vault_ids=[vault_id])
+    assert next(e for e in again if e.type == "agent.mcp_tool_result").content[0].text == "3"
+    assert len(mcp_server.token_requests) == 1
+    (access,) = mcp_server.accepted
+    assert leaks(database_bytes(server.settings.database_url), [access, *mcp_server.refresh_tokens]) == []
+
+
+def test_mcp_oauth_validate_probes_the_server_and_refreshes(
+    client: anthropic.Anthropic, mcp_server: McpServerThread
+) -> None:
+    creds = client.beta.vaults.credentials
+    vault_id, good = oauth_vault(client, mcp_server, mcp_server.token, None)
+    valid = creds.mcp_oauth_validate(good, vault_id=vault_id)
+    assert (valid.status, valid.mcp_probe, valid.refresh, valid.has_refresh_token) == ("valid", None, None, True)
+
+    mcp_server.rotate()
+    other = client.beta.vaults.create(display_name="stale")
+    auth: Any = {"type": "mcp_oauth", "mcp_server_url": mcp_server.url, "access_token": "stale-token"}
+    stale = creds.create(other.id, auth=auth).id
+    invalid = creds.mcp_oauth_validate(stale, vault_id=other.id)
+    assert invalid.status == "invalid" and invalid.refresh is not None and invalid.refresh.status == "no_refresh_token"
+    assert invalid.mcp_probe is not None and invalid.mcp_probe.method == "initialize"
+    assert invalid.mcp_probe.http_response is not None and invalid.mcp_probe.http_response.status_code == 401
+
+    # The first credential's token is refused now too, but it can refresh: valid again.
+    refreshed = creds.mcp_oauth_validate(good, vault_id=vault_id)
+    assert refreshed.status == "valid" and refreshed.refresh is not None and refreshed.refresh.status == "succeeded"

@@ -18,7 +18,8 @@ from core.harness.state import State, derive
 from core.harness.turn import Interrupted, TurnContext
 from core.ids import new_id, now_us
 from core.log import NewEvent, StoredEvent
-from core.mcp import MODEL_PREFIX, McpServers, McpTool
+from core.mcp import MODEL_PREFIX, McpServers, McpTool, NoTokens, TokenSource
+from core.mcp_oauth import VaultTokens
 from core.providers.base import Delta, DeltaKind, ErrorKind, ModelError, ModelRequest, ModelResponse
 from core.tools import READ_ONLY_TOOLS, enabled_tools, run_tool
 from core.tools.base import ToolOutcome
@@ -90,17 +91,15 @@ class DefaultHarness:
 
     @property
     def mcp(self) -> McpServers:
-        """The agent's MCP servers (after the first refresh: the session's agent is known)."""
+        """The agent's MCP servers (after the first refresh: the session's agent is known), with
+        the session's tokens from its vaults."""
         if self._mcp is None:
-            self._mcp = McpServers(self.ctx.session.agent, self._mcp_token)
+            ctx = self.ctx
+            tokens: TokenSource = NoTokens()
+            if ctx.vaults is not None:
+                tokens = VaultTokens(ctx.vaults, ctx.tenant_id, list(ctx.session.vault_ids or []))
+            self._mcp = McpServers(ctx.session.agent, tokens)
         return self._mcp
-
-    async def _mcp_token(self, url: str) -> str | None:
-        ctx = self.ctx
-        if ctx.vaults is None:
-            return None
-        found = await ctx.vaults.mcp_token(ctx.tenant_id, list(ctx.session.vault_ids or []), url)
-        return found[0] if found else None
 
     async def list_mcp_tools(self) -> None:
         """The MCP tools for the next model call; a server that fails is reported once per run."""
