@@ -124,7 +124,10 @@ class DaytonaSandbox(HostedSandbox):
 
     def _describe(self, e: BaseException) -> str:
         if _IMPORT_ERROR is None and isinstance(e, DaytonaAuthenticationError):
-            return f"Daytona refused the API key (set DAYTONA_API_KEY, or a daytona_api_key credential): {e}"
+            return (
+                f"Daytona refused the API key (set DAYTONA_API_KEY in the settings, or a vault "
+                f"environment_variable credential named DAYTONA_API_KEY): {e}"
+            )
         return super()._describe(e)
 
     async def _attach(self, *, create: bool = True) -> bool:

@@ -105,7 +105,10 @@ class E2BSandbox(HostedSandbox):
 
     def _describe(self, e: BaseException) -> str:
         if _IMPORT_ERROR is None and isinstance(e, AuthenticationException):
-            return f"E2B refused the API key (set E2B_API_KEY, or an e2b_api_key credential): {e}"
+            return (
+                f"E2B refused the API key (set E2B_API_KEY in the settings, or a vault "
+                f"environment_variable credential named E2B_API_KEY): {e}"
+            )
         return super()._describe(e)
 
     async def _attach(self, *, create: bool = True) -> bool:
