@@ -5,6 +5,7 @@ and OpenAI Chat Completions streaming protocols; the official SDKs drive both si
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tests.servers import LoopThread, ServerThread, database_url, make_settings
 from tests.strict import check
 
 TERMINAL = ("session.status_idle", "session.status_terminated")
+STALL_SECONDS = 90.0
 GOLDEN = Path(__file__).parent / "golden"
 
 
@@ -160,13 +162,28 @@ def run_turn(client: anthropic.Anthropic, session_id: str, *events: dict[str, An
     kwargs: dict[str, Any] = {"event_deltas": ["agent.message", "agent.thinking"]} if deltas else {}
     seen: list[Any] = []
     with client.beta.sessions.events.stream(session_id, **kwargs) as stream:
-        if events:
-            client.beta.sessions.events.send(session_id, events=list(events))  # type: ignore[arg-type]
-        for event in stream:
-            check(BetaManagedAgentsStreamSessionEvents, event.model_dump(mode="json", exclude_unset=True))
-            seen.append(event)
-            if event.type in TERMINAL:
-                break
+        # A turn that never ends fails the test with what the log holds, instead of hanging it.
+        watchdog = threading.Timer(STALL_SECONDS, stream.response.close)
+        watchdog.start()
+        try:
+            if events:
+                client.beta.sessions.events.send(session_id, events=list(events))  # type: ignore[arg-type]
+            for event in stream:
+                check(BetaManagedAgentsStreamSessionEvents, event.model_dump(mode="json", exclude_unset=True))
+                seen.append(event)
+                if event.type in TERMINAL:
+                    break
+        except Exception:
+            if watchdog.is_alive():
+                raise
+            logged = [(e.type, getattr(e, "processed_at", None)) for e in client.beta.sessions.events.list(session_id)]
+            status = client.beta.sessions.retrieve(session_id).status
+            raise AssertionError(
+                f"no terminal event after {STALL_SECONDS}s; status {status}; streamed {[e.type for e in seen]}; "
+                f"logged {logged}"
+            ) from None
+        finally:
+            watchdog.cancel()
     return seen
 
 
