@@ -21,6 +21,7 @@ from core.platform import PLATFORM, Platform
 from core.providers import Endpoint, ProviderConfig, Providers
 from core.runtime import Runner, RunnerSettings
 from core.runtime.sandboxes import HostedService, SandboxPool
+from core.tools.web_search import SearchBackend
 from vault.keyring import KeyringFile, KeyringSource, keyring_source
 
 if TYPE_CHECKING:
@@ -53,6 +54,16 @@ def provider_config(settings: Settings) -> ProviderConfig:
             for name, endpoint in settings.openai_compatible.items()
         },
     )
+
+
+def search_backend(settings: Settings) -> SearchBackend | None:
+    """web_search's backend: the SearXNG instance, else Brave Search, else none (not offered)."""
+    if settings.web_search_url:
+        key = settings.web_search_api_key.get_secret_value() if settings.web_search_api_key else None
+        return SearchBackend("searxng", settings.web_search_url, key)
+    if settings.brave_search_api_key:
+        return SearchBackend("brave", settings.brave_search_url, settings.brave_search_api_key.get_secret_value())
+    return None
 
 
 def hosted_runtimes(settings: Settings) -> dict[str, HostedService]:
@@ -99,6 +110,7 @@ def build_runner(settings: Settings, platform: Platform, http: aiohttp.ClientSes
             tool_timeout_seconds=settings.tool_timeout_seconds,
             compact_at_tokens=settings.compact_at_tokens,
             web_fetch_allow_private=settings.web_fetch_allow_private,
+            web_search=search_backend(settings),
         ),
         settings=RunnerSettings(concurrency=settings.runner_concurrency, lease_seconds=settings.lease_seconds),
         http=http,

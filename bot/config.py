@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     tool_timeout_seconds: float = Field(default=120.0, gt=0)
     compact_at_tokens: int = Field(default=150_000, ge=1000)
     web_fetch_allow_private: bool = False
+    # web_search's backend: a SearXNG instance (its base URL; JSON output enabled), or the Brave
+    # Search API (a key). Neither: the tool is not offered.
+    web_search_url: str | None = None
+    web_search_api_key: SecretStr | None = None
+    brave_search_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("BRAVE_SEARCH_API_KEY", "OMA_BRAVE_SEARCH_API_KEY")
+    )
+    brave_search_url: str = "https://api.search.brave.com/res/v1/web/search"
     sandbox_runtime: str = Field(default="auto", validation_alias=_env("SANDBOX_RUNTIME", "OMA_SANDBOX_RUNTIME"))
     # Hosted sandbox runtimes (SANDBOX_RUNTIME=e2b / daytona, or an environment's `oma.runtime`);
     # the SDKs' own variable names. The keys never reach a sandbox.

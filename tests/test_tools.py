@@ -486,8 +486,10 @@ def test_enabled_tools_defaults_to_every_builtin_tool() -> None:
     specs = enabled_tools(resolved({}))
     assert [s.name for s in specs] == ["bash", "edit", "read", "write", "glob", "grep", "web_fetch"]
     assert {s.permission_policy for s in specs} == {"always_allow"}
-    assert set(BUILTIN_TOOLS) == {s.name for s in specs}
-    assert {"read", "glob", "grep"} == READ_ONLY_TOOLS
+    assert set(BUILTIN_TOOLS) == {s.name for s in specs} | {"web_search"}  # offered with a search backend
+    assert {"read", "glob", "grep", "web_search"} == READ_ONLY_TOOLS
+    with_search = enabled_tools(resolved({}), available=frozenset({"web_search"}))
+    assert [s.name for s in with_search][-2:] == ["web_fetch", "web_search"]
 
 
 def test_enabled_tools_applies_configs_over_the_default() -> None:
@@ -504,7 +506,9 @@ def test_enabled_tools_applies_configs_over_the_default() -> None:
         }
     )
     specs = {s.name: s for s in enabled_tools(tools)}
-    assert list(specs) == ["bash", "read", "web_fetch"]  # web_search is not implemented here
+    assert list(specs) == ["bash", "read", "web_fetch"]  # web_search needs a search backend
+    searching = {s.name for s in enabled_tools(tools, available=frozenset({"web_search"}))}
+    assert searching == {"bash", "read", "web_fetch", "web_search"}
     assert specs["bash"].permission_policy == "auto"
     assert specs["read"].permission_policy == "always_ask"
     assert specs["web_fetch"].config == {"allowed_domains": ["example.com"]}

@@ -23,6 +23,7 @@ from core.mcp_oauth import VaultTokens
 from core.providers.base import Delta, DeltaKind, ErrorKind, ModelError, ModelRequest, ModelResponse
 from core.tools import READ_ONLY_TOOLS, enabled_tools, run_tool
 from core.tools.base import ToolOutcome
+from core.tools.specs import PLATFORM_TOOLS
 from sandbox.base import SandboxError
 
 log = logging.getLogger("oma.harness")
@@ -63,11 +64,11 @@ def text(message: str) -> list[dict[str, Any]]:
     return [{"type": "text", "text": message}]
 
 
-def model_tools(agent: dict[str, Any]) -> list[dict[str, Any]]:
+def model_tools(agent: dict[str, Any], available: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """The tools offered to the model: enabled built-in tools, then the agent's custom tools."""
     tools = [
         {"name": spec.name, "description": spec.description, "input_schema": spec.input_schema}
-        for spec in enabled_tools(agent["tools"])
+        for spec in enabled_tools(agent["tools"], available=available)
     ]
     for tool in agent["tools"]:
         if tool["type"] == "custom":
@@ -259,7 +260,8 @@ class DefaultHarness:
             None,
         )
         try:
-            sandbox = await ctx.sandbox()
+            # Tools that run on the platform (web_fetch, web_search) do not start the sandbox.
+            sandbox = None if name in PLATFORM_TOOLS else await ctx.sandbox()
         except SandboxError as e:
             # No sandbox (the runtime is missing, its service refused us...): the model sees why.
             log.warning("session %s: no sandbox for %s: %s", ctx.session_id, name, e)
@@ -272,6 +274,7 @@ class DefaultHarness:
             http=ctx.http,
             timeout=ctx.settings.tool_timeout_seconds,
             allow_private_addresses=ctx.settings.web_fetch_allow_private,
+            search=ctx.settings.web_search,
         )
 
     async def require_action(self, state: State, waiting: list[str]) -> None:
@@ -302,10 +305,12 @@ class DefaultHarness:
             {"name": t.model_name, "description": t.description, "input_schema": t.input_schema}
             for t in self._mcp_tools
         ]
-        return model_tools(self.ctx.session.agent) + mcp
+        return model_tools(self.ctx.session.agent, self.ctx.settings.available_tools) + mcp
 
     def policies(self) -> dict[str, str]:
-        return {spec.name: spec.permission_policy for spec in enabled_tools(self.ctx.session.agent["tools"])}
+        agent_tools = self.ctx.session.agent["tools"]
+        specs = enabled_tools(agent_tools, available=self.ctx.settings.available_tools)
+        return {spec.name: spec.permission_policy for spec in specs}
 
     def request(self, conv: context.Conversation, model: str) -> ModelRequest:
         agent = self.ctx.session.agent

@@ -17,6 +17,7 @@ from core.db import Database, session_events, sessions
 from core.log import NewEvent, StoredEvent
 from core.providers import Providers
 from core.providers.base import Usage
+from core.tools.web_search import SearchBackend
 from core.vaults import VaultStore
 
 T = TypeVar("T")
@@ -37,6 +38,12 @@ class HarnessSettings:
     compact_at_tokens: int = 150_000
     # Let web_fetch reach loopback/private addresses (off: agents must not probe the host's network).
     web_fetch_allow_private: bool = False
+    # web_search's backend (core/tools/web_search.py); None: the tool is not offered.
+    web_search: SearchBackend | None = None
+
+    @property
+    def available_tools(self) -> frozenset[str]:
+        return frozenset({"web_search"}) if self.web_search is not None else frozenset()
 
 
 SandboxGetter = Callable[[], Awaitable[Any]]

@@ -34,11 +34,20 @@ class ToolError(OMAError):
 
 @dataclass(slots=True)
 class ToolContext:
-    sandbox: Sandbox
+    # The session's sandbox; None for the tools that run on the platform (web_fetch, web_search).
+    box: Sandbox | None
     config: dict[str, Any] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
     timeout: float = 120.0
     allow_private_addresses: bool = False
+    # web_search's backend (core/tools/web_search.py); None: not configured.
+    search: Any = None
+
+    @property
+    def sandbox(self) -> Sandbox:
+        if self.box is None:
+            raise ToolError("this tool needs the session's sandbox, which was not opened for it")
+        return self.box
 
 
 class ToolInput(BaseModel):

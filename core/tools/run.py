@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
-from core.tools import files, search, shell, web
+from core.tools import files, search, shell, web, web_search
 from core.tools.base import ToolContext, ToolError, ToolInput, ToolOutcome
 from sandbox.base import Sandbox, SandboxError
 
@@ -24,6 +24,7 @@ _HANDLERS: dict[str, tuple[type[ToolInput], Handler]] = {
     "glob": (search.GlobInput, search.glob),
     "grep": (search.GrepInput, search.grep),
     "web_fetch": (web.WebFetchInput, web.web_fetch),
+    "web_search": (web_search.WebSearchInput, web_search.web_search),
 }
 
 
@@ -31,11 +32,12 @@ async def run_tool(
     name: str,
     tool_input: dict[str, Any],
     *,
-    sandbox: Sandbox,
+    sandbox: Sandbox | None,
     config: dict[str, Any] | None = None,
     http: aiohttp.ClientSession | None = None,
     timeout: float = 120,  # noqa: ASYNC109 (the tool's own time limit, passed into the sandbox)
     allow_private_addresses: bool = False,
+    search: web_search.SearchBackend | None = None,
 ) -> ToolOutcome:
     """Run a built-in tool. Never raises for bad input or a failing tool: those come back as an outcome
     with is_error set. `timeout` is the default time limit (bash's timeout_ms may raise it up to 600 s).
@@ -50,7 +52,7 @@ async def run_tool(
         args = model.model_validate(tool_input)
     except ValidationError as e:
         return ToolOutcome.text(f"Invalid input for {name}: {_describe(e)}", is_error=True)
-    ctx = ToolContext(sandbox, dict(config or {}), http, timeout, allow_private_addresses)
+    ctx = ToolContext(sandbox, dict(config or {}), http, timeout, allow_private_addresses, search)
     try:
         return await run(args, ctx)
     except (ToolError, SandboxError) as e:

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TOOLSET = "agent_toolset_20260401"
-READ_ONLY_TOOLS = frozenset({"read", "glob", "grep"})
+READ_ONLY_TOOLS = frozenset({"read", "glob", "grep", "web_search"})
+# Built-in tools that run on the platform and need no sandbox.
+PLATFORM_TOOLS = frozenset({"web_fetch", "web_search"})
 POLICIES = ("always_allow", "always_ask", "auto")
 
 
@@ -139,13 +141,22 @@ _TOOLS: dict[str, tuple[str, dict[str, Any]]] = {
         "configuration may limit which domains can be fetched.",
         _schema({"url": {"type": "string", "description": "The absolute http:// or https:// URL."}}, ["url"]),
     ),
+    "web_search": (
+        "Search the web and return the top results (title, URL and a snippet each). Use it for current "
+        "information or to find pages, then web_fetch a result to read it. The agent's configuration may limit "
+        "which domains results come from.",
+        _schema({"query": {"type": "string", "description": "The search query."}}, ["query"]),
+    ),
 }
+# Built-in tools that need something the server may lack (a search backend): offered only when present.
+OPTIONAL_TOOLS = frozenset({"web_search"})
 BUILTIN_TOOLS = tuple(_TOOLS)
 
 
-def enabled_tools(agent_tools: list[dict[str, Any]]) -> list[ToolSpec]:
+def enabled_tools(agent_tools: list[dict[str, Any]], *, available: frozenset[str] = frozenset()) -> list[ToolSpec]:
     """The built-in tools an agent's resolved `tools` list enables. A tool missing from `configs` takes
-    `default_config`. Tools this platform does not implement (web_search) are left out."""
+    `default_config`. Optional tools (web_search) count only when `available` names them: the server
+    has what they need."""
     specs: list[ToolSpec] = []
     for entry in agent_tools:
         if entry.get("type") != TOOLSET:
@@ -153,6 +164,8 @@ def enabled_tools(agent_tools: list[dict[str, Any]]) -> list[ToolSpec]:
         default = entry.get("default_config") or {}
         configs = {c.get("name"): c for c in entry.get("configs") or [] if isinstance(c, dict)}
         for name, (description, schema) in _TOOLS.items():
+            if name in OPTIONAL_TOOLS and name not in available:
+                continue
             config = configs.get(name, {})
             enabled = config.get("enabled")
             if not (default.get("enabled", True) if enabled is None else enabled):
