@@ -57,16 +57,18 @@ from sandbox.base import (
     check_session_id,
 )
 from sandbox.shell import (
-    FILE_ERRORS,
     FILE_OP,
     INSTALL_STEPS,
     KILL_ONE,
     Bytes,
     Capture,
+    Outcome,
     Report,
     Sink,
     Streams,
     cwd_error,
+    exec_argv,
+    file_op_error,
     first,
     install_failure,
     install_script,
@@ -258,13 +260,6 @@ def _hijack(exec_id: str, handle: Any) -> _Hijacked:
             sock.setblocking(True)
     sock.settimeout(None)  # the client's API timeout must not end a long, quiet command
     return _Hijacked(exec_id, sock, pending, handle)
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    exit_code: int
-    timed_out: bool
-    failure: str | None = None  # the wrapper refused the cwd: outside, missing, notdir, denied
 
 
 class DockerSandbox(Sandbox):
@@ -523,12 +518,7 @@ class DockerSandbox(Sandbox):
         max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> ExecResult:
         self._check_started()
-        argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
-        if not argv or not argv[0]:
-            raise SandboxError("exec: empty command")
-        run_env = dict(env or {})
-        if any("\0" in a for a in argv) or any("\0" in k + v or "=" in k or not k for k, v in run_env.items()):
-            raise SandboxError(f"exec: cannot start {argv[0]!r}: NUL byte in an argument, or a bad variable name")
+        argv, run_env = exec_argv(command, env, name_ok=lambda k: bool(k) and "=" not in k and "\0" not in k)
         where = "" if cwd is None else _sandbox_path(cwd)
         out, err = Capture(max_output), Capture(max_output)
         outcome = await self._run(argv, where, run_env, timeout, out, err)
@@ -542,9 +532,7 @@ class DockerSandbox(Sandbox):
             timed_out=outcome.timed_out,
         )
 
-    async def _run(
-        self, argv: list[str], cwd: str, env: dict[str, str], limit: float, out: Sink, err: Sink
-    ) -> _Outcome:
+    async def _run(self, argv: list[str], cwd: str, env: dict[str, str], limit: float, out: Sink, err: Sink) -> Outcome:
         token = secrets.token_hex(12)
         loop = asyncio.get_running_loop()
         survivors = asyncio.Event()
@@ -581,8 +569,8 @@ class DockerSandbox(Sandbox):
                 await self._kill_leftovers(token, report if trusted else None)
             cleaned = True
             if trusted and report is not None and report.failure is not None:
-                return _Outcome(code, False, failure=report.failure)
-            return _Outcome(code, timed_out)
+                return Outcome(code, False, failure=report.failure)
+            return Outcome(code, timed_out)
         finally:
             try:
                 if not cleaned:  # cancelled or failed mid-way: still leave nothing behind
@@ -678,21 +666,11 @@ class DockerSandbox(Sandbox):
         target = _sandbox_path(path)
         out, err = Bytes(), Capture(4096)
         outcome = await self._run(["sh", "-c", FILE_OP, "oma-file", op, target, arg], "", {}, _FILE_TIMEOUT, out, err)
-        code = outcome.exit_code
         if outcome.timed_out:
             raise SandboxError(f"{path}: timed out after {_FILE_TIMEOUT:g}s", path=path)
-        if code == 0:
+        if outcome.exit_code == 0:
             return bytes(out.data)
-        if code in FILE_ERRORS:
-            error, message = FILE_ERRORS[code]
-            raise error(message.format(path=path), path=path)
-        if code == 84:
-            size = int(out.data or b"0")
-            limit = int(arg)
-            message = f"{path} is {size} bytes, over the {limit}-byte limit"
-            raise FileTooLarge(message, path=path, size=size, limit=limit)
-        detail = err.text().strip().splitlines()[-1:] or [f"exit code {code}"]
-        raise SandboxError(f"{path}: {detail[0]}", path=path)
+        raise file_op_error(outcome.exit_code, path, arg, bytes(out.data), err.text())
 
     async def exec_path(self, path: str) -> str:
         self._check_started()

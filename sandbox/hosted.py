@@ -31,7 +31,6 @@ import re
 import secrets
 import shlex
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -49,16 +48,18 @@ from sandbox.base import (
     check_session_id,
 )
 from sandbox.shell import (
-    FILE_ERRORS,
     FILE_OP,
     INSTALL_STEPS,
     KILL_ONE,
     Bytes,
     Capture,
+    Outcome,
     Report,
     Sink,
     Streams,
     cwd_error,
+    exec_argv,
+    file_op_error,
     first,
     install_failure,
     install_script,
@@ -147,13 +148,6 @@ class Job(Protocol):
 
     async def close(self) -> None:
         """Stop listening to it and release the connection."""
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    exit_code: int
-    timed_out: bool
-    failure: str | None = None
 
 
 class LineFramed:
@@ -366,12 +360,8 @@ class HostedSandbox(Sandbox):
         max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> ExecResult:
         self._check_started()
-        argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
-        if not argv or not argv[0]:
-            raise SandboxError("exec: empty command")
-        run_env = dict(env or {})
-        if any("\0" in a for a in argv) or any("\0" in v or not _ENV_NAME.fullmatch(k) for k, v in run_env.items()):
-            raise SandboxError(f"exec: cannot start {argv[0]!r}: NUL byte in an argument, or a bad variable name")
+        # Names become `env` arguments: one that starts with '-' or holds '=' would be misread.
+        argv, run_env = exec_argv(command, env, name_ok=lambda k: bool(_ENV_NAME.fullmatch(k)))
         out, err = Capture(max_output), Capture(max_output)
         token = secrets.token_hex(12)
         flags = "n" if self.line_framed_output else "-"
@@ -396,7 +386,7 @@ class HostedSandbox(Sandbox):
             timed_out=outcome.timed_out,
         )
 
-    async def _run(self, line: Callable[[], str], token: str, limit: float, out: Capture, err: Capture) -> _Outcome:
+    async def _run(self, line: Callable[[], str], token: str, limit: float, out: Capture, err: Capture) -> Outcome:
         loop = asyncio.get_running_loop()
         survivors = asyncio.Event()
 
@@ -454,8 +444,8 @@ class HostedSandbox(Sandbox):
                 await self._kill_one(token, report if trusted else None)
             cleaned = True
             if trusted and report is not None and report.failure is not None:
-                return _Outcome(code, False, failure=report.failure)
-            return _Outcome(128 + 9 if timed_out else code, timed_out)
+                return Outcome(code, False, failure=report.failure)
+            return Outcome(128 + 9 if timed_out else code, timed_out)
         finally:
             try:
                 if not cleaned and self._started:  # cancelled or failed mid-way: still leave nothing behind
@@ -532,17 +522,7 @@ class HostedSandbox(Sandbox):
         code, out, err = await self._revived(lambda: self._quick(line(), _HELPER_TIMEOUT), revive=True)
         if code == 0:
             return out
-        if code in FILE_ERRORS:
-            error, message = FILE_ERRORS[code]
-            raise error(message.format(path=path), path=path)
-        if code == 84:
-            size = int(out.strip() or b"0")
-            limit = int(arg)
-            raise FileTooLarge(
-                f"{path} is {size} bytes, over the {limit}-byte limit", path=path, size=size, limit=limit
-            )
-        detail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit code {code}"]
-        raise SandboxError(f"{path}: {detail[0]}", path=path)
+        raise file_op_error(code, path, arg, out, err.decode(errors="replace"))
 
     async def read_file(self, path: str, *, max_bytes: int | None = None) -> bytes:
         self._check_started()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sandbox.base import WORKSPACE, FileNotFound, IsADirectory, PathOutsideWorkspace, SandboxError
+from sandbox.base import WORKSPACE, FileNotFound, FileTooLarge, IsADirectory, PathOutsideWorkspace, SandboxError
 
 # One command's processes while others run: $1 token, $2 wrapper pid, $3 $4 its output pipes
 # ('' when unknown: then the wrapper is found by the token on its command line). Kills the
@@ -333,3 +333,40 @@ def install_failure(wanted: list[tuple[str, tuple[str, ...]]], status: int, logs
 
 def quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a wrapped command ended: its exit code, whether it hit the deadline, and the wrapper's
+    refusal of the cwd (`outside`, `missing`, `notdir`, `denied`), if it refused it."""
+
+    exit_code: int
+    timed_out: bool
+    failure: str | None = None
+
+
+def exec_argv(
+    command: list[str] | str, env: dict[str, str] | None, *, name_ok: Callable[[str], bool]
+) -> tuple[list[str], dict[str, str]]:
+    """`exec`'s command as an argv (a string runs under `bash -c`) and its environment, checked:
+    SandboxError for an empty command, a NUL byte, or a variable name `name_ok` refuses."""
+    argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
+    if not argv or not argv[0]:
+        raise SandboxError("exec: empty command")
+    run_env = dict(env or {})
+    if any("\0" in a for a in argv) or any("\0" in v or not name_ok(k) for k, v in run_env.items()):
+        raise SandboxError(f"exec: cannot start {argv[0]!r}: NUL byte in an argument, or a bad variable name")
+    return argv, run_env
+
+
+def file_op_error(code: int, path: str, limit: str, out: bytes, err: str) -> SandboxError:
+    """The error for FILE_OP's exit `code` (not 0) on `path`: `out` is its stdout (the size, for
+    84), `err` its stderr, `limit` the read limit it was given."""
+    if code in FILE_ERRORS:
+        error, message = FILE_ERRORS[code]
+        return error(message.format(path=path), path=path)
+    if code == 84:
+        size, cap = int(out.strip() or b"0"), int(limit)
+        return FileTooLarge(f"{path} is {size} bytes, over the {cap}-byte limit", path=path, size=size, limit=cap)
+    detail = err.strip().splitlines()[-1:] or [f"exit code {code}"]
+    return SandboxError(f"{path}: {detail[0]}", path=path)
