@@ -12,7 +12,7 @@ model in the session's `vault_ids` (in order), else in the tenant's default vaul
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -426,48 +426,18 @@ class VaultStore:
                 (CredentialKind.OPENAI_API_KEY, "openai"),
             )
 
-        columns = (
-            vault_credentials.c.id,
-            vault_credentials.c.vault_id,
-            vault_credentials.c.kind,
-            vault_credentials.c.auth,
-            vault_credentials.c.secret,
+        found = await self._session_credential(
+            tenant_id, vault_ids, MODEL_PROVIDER_KINDS, serves=lambda row: serves(row.kind, row.auth)
         )
-        usable = (
-            select(*columns)
-            .join(vaults, vaults.c.id == vault_credentials.c.vault_id)
-            .where(
-                vault_credentials.c.tenant_id == tenant_id,
-                vault_credentials.c.archived_at.is_(None),
-                vault_credentials.c.kind.in_([k.value for k in MODEL_PROVIDER_KINDS]),
-                vaults.c.archived_at.is_(None),
-            )
-        )
-        async with self.db.read() as conn:
-            found = None
-            if vault_ids:
-                rows = list(await conn.execute(usable.where(vault_credentials.c.vault_id.in_(list(vault_ids)))))
-                order = {v: i for i, v in enumerate(vault_ids)}
-                rows.sort(key=lambda r: order[r.vault_id])
-                found = next((r for r in rows if serves(r.kind, r.auth)), None)
-            if found is None:
-                rows = list(
-                    await conn.execute(
-                        usable.where(vaults.c.tenant_default.is_(True)).order_by(
-                            vaults.c.created_at, vault_credentials.c.created_at
-                        )
-                    )
-                )
-                found = next((r for r in rows if serves(r.kind, r.auth)), None)
         if found is None:
             return None
-        secret = self._open_fields(found.secret, credential_binding(tenant_id, found.id))
+        row, secret = found
         return ModelKey(
             api_key=secret["api_key"],
-            base_url=found.auth.get("base_url"),
-            credential_id=found.id,
-            vault_id=found.vault_id,
-            provider=found.auth.get("provider"),
+            base_url=row.auth.get("base_url"),
+            credential_id=row.id,
+            vault_id=row.vault_id,
+            provider=row.auth.get("provider"),
         )
 
     async def environment_secret(self, tenant_id: str, vault_ids: Sequence[str], name: str) -> str | None:
@@ -508,10 +478,17 @@ class VaultStore:
         return CredentialKind(row.kind), dict(row.auth), secret
 
     async def _session_credential(
-        self, tenant_id: str, vault_ids: Sequence[str], kinds: Sequence[CredentialKind], identity: str
+        self,
+        tenant_id: str,
+        vault_ids: Sequence[str],
+        kinds: Iterable[CredentialKind],
+        identity: str | None = None,
+        *,
+        serves: Callable[[Any], bool] = lambda row: True,
     ) -> tuple[Any, dict[str, str]] | None:
-        """The active credential of one of `kinds` for `identity` in the session's vaults (in
-        their order), else the tenant's default vaults; with its opened secret fields."""
+        """The first active credential of one of `kinds` (for `identity`, if given; that `serves`)
+        in the session's vaults, in their order, else in the tenant's default vaults (oldest
+        first); with its opened secret fields."""
         usable = (
             select(
                 vault_credentials.c.id,
@@ -525,24 +502,24 @@ class VaultStore:
                 vault_credentials.c.tenant_id == tenant_id,
                 vault_credentials.c.archived_at.is_(None),
                 vault_credentials.c.kind.in_([k.value for k in kinds]),
-                vault_credentials.c.identity == identity,
                 vaults.c.archived_at.is_(None),
             )
         )
+        if identity is not None:
+            usable = usable.where(vault_credentials.c.identity == identity)
         async with self.db.read() as conn:
             found = None
             if vault_ids:
-                rows = list(await conn.execute(usable.where(vault_credentials.c.vault_id.in_(list(vault_ids)))))
+                rows = await conn.execute(usable.where(vault_credentials.c.vault_id.in_(list(vault_ids))))
                 order = {v: i for i, v in enumerate(vault_ids)}
-                found = min(rows, key=lambda r: order[r.vault_id], default=None)
+                found = min((r for r in rows if serves(r)), key=lambda r: order[r.vault_id], default=None)
             if found is None:
-                found = (
-                    await conn.execute(
-                        usable.where(vaults.c.tenant_default.is_(True)).order_by(
-                            vaults.c.created_at, vault_credentials.c.created_at
-                        )
+                rows = await conn.execute(
+                    usable.where(vaults.c.tenant_default.is_(True)).order_by(
+                        vaults.c.created_at, vault_credentials.c.created_at
                     )
-                ).first()
+                )
+                found = next((r for r in rows if serves(r)), None)
         if found is None:
             return None
         return found, self._open_fields(found.secret, credential_binding(tenant_id, found.id))
