@@ -198,3 +198,18 @@ def hosted_service(runtime: str) -> Iterator[dict[str, Any]]:
         if fake is not None:
             thread.call(fake.stop)
         thread.stop()
+
+
+TERMINAL = ("session.status_idle", "session.status_terminated")
+
+
+def converse(client: Any, session_id: str, events: list[Any]) -> list[Any]:
+    """Open the session's stream, send `events`, and collect what streams until it idles or ends."""
+    seen: list[Any] = []
+    with client.beta.sessions.events.stream(session_id) as stream:
+        client.beta.sessions.events.send(session_id, events=events)
+        for event in stream:
+            seen.append(event)
+            if event.type in TERMINAL:
+                break
+    return seen

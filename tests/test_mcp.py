@@ -16,9 +16,7 @@ import pytest
 
 from core.fakes.model_server import FakeModelServer
 from tests.scan import database_bytes, leaks
-from tests.servers import LoopThread, ServerThread, database_url, make_settings, wait_for
-
-TERMINAL = ("session.status_idle", "session.status_terminated")
+from tests.servers import LoopThread, ServerThread, converse, database_url, make_settings, wait_for
 
 
 class McpServerThread:
@@ -132,18 +130,18 @@ def mcp_server() -> Iterator[McpServerThread]:
 
 
 @pytest.fixture(scope="module")
-def fake_loop() -> Iterator[LoopThread]:
+def loop() -> Iterator[LoopThread]:
     loop = LoopThread()
     yield loop
     loop.stop()
 
 
 @pytest.fixture(scope="module")
-def model(fake_loop: LoopThread) -> Iterator[FakeModelServer]:
+def model(loop: LoopThread) -> Iterator[FakeModelServer]:
     server = FakeModelServer()
-    fake_loop.call(server.start)
+    loop.call(server.start)
     yield server
-    fake_loop.call(server.stop)
+    loop.call(server.stop)
 
 
 @pytest.fixture(scope="module")
@@ -165,17 +163,10 @@ def server(backend: str, model: FakeModelServer, tmp_path_factory: pytest.TempPa
         srv.stop()
 
 
-@pytest.fixture
-def client(server: ServerThread, model: FakeModelServer, fake_loop: LoopThread) -> Iterator[anthropic.Anthropic]:
-    from core.keys import create_key, create_tenant
-
-    async def mint() -> str:
-        tenant_id = await create_tenant(server.platform.db, "mcp-" + secrets.token_hex(3))
-        return (await create_key(server.platform.db, "t", tenant_id)).key
-
-    fake_loop.run(lambda: model._queue.clear())
-    with anthropic.Anthropic(base_url=server.url, api_key=server.call(mint), max_retries=0, timeout=30) as c:
-        yield c
+@pytest.fixture(autouse=True)
+def fresh_model(model: FakeModelServer, loop: LoopThread) -> None:
+    """Each test scripts the model from an empty queue (the server and its `client` are conftest's)."""
+    loop.run(lambda: model._queue.clear())
 
 
 def agent_with(client: anthropic.Anthropic, url: str, toolset: dict[str, Any] | None = None) -> str:
@@ -191,17 +182,6 @@ def vault_with_token(client: anthropic.Anthropic, url: str, token: str) -> str:
     return vault.id
 
 
-def converse(client: anthropic.Anthropic, session_id: str, events: list[Any]) -> list[Any]:
-    seen: list[Any] = []
-    with client.beta.sessions.events.stream(session_id) as stream:
-        client.beta.sessions.events.send(session_id, events=events)
-        for event in stream:
-            seen.append(event)
-            if event.type in TERMINAL:
-                break
-    return seen
-
-
 def start(client: anthropic.Anthropic, agent_id: str, text: str, **session: Any) -> tuple[str, list[Any]]:
     env_id = client.beta.environments.create(name="mcp-env").id
     session_id = client.beta.sessions.create(agent=agent_id, environment_id=env_id, **session).id
@@ -214,10 +194,10 @@ def test_the_model_calls_an_mcp_tool_with_the_vault_token(
     server: ServerThread,
     mcp_server: McpServerThread,
     model: FakeModelServer,
-    fake_loop: LoopThread,
+    loop: LoopThread,
 ) -> None:
-    fake_loop.run(lambda: model.reply("Adding.", tool_use={"name": "mcp__notes__add", "input": {"a": 2, "b": 3}}))
-    fake_loop.run(lambda: model.reply("It is 5."))
+    loop.run(lambda: model.reply("Adding.", tool_use={"name": "mcp__notes__add", "input": {"a": 2, "b": 3}}))
+    loop.run(lambda: model.reply("It is 5."))
     vault_id = vault_with_token(client, mcp_server.url, mcp_server.token)
 
     session_id, events = start(client, agent_with(client, mcp_server.url), "add 2 and 3", vault_ids=[vault_id])
@@ -246,10 +226,10 @@ def test_the_model_calls_an_mcp_tool_with_the_vault_token(
 
 
 def test_always_ask_waits_for_confirmation_and_auto_allows_read_only_tools(
-    client: anthropic.Anthropic, mcp_server: McpServerThread, model: FakeModelServer, fake_loop: LoopThread
+    client: anthropic.Anthropic, mcp_server: McpServerThread, model: FakeModelServer, loop: LoopThread
 ) -> None:
     toolset = {"default_config": {"permission_policy": {"type": "auto"}}}
-    fake_loop.run(
+    loop.run(
         lambda: model.reply(
             "Both.",
             tool_use=[
@@ -258,7 +238,7 @@ def test_always_ask_waits_for_confirmation_and_auto_allows_read_only_tools(
             ],
         )
     )
-    fake_loop.run(lambda: model.reply("Done."))
+    loop.run(lambda: model.reply("Done."))
     vault_id = vault_with_token(client, mcp_server.url, mcp_server.token)
 
     session_id, events = start(client, agent_with(client, mcp_server.url, toolset), "go", vault_ids=[vault_id])
@@ -281,9 +261,9 @@ def test_always_ask_waits_for_confirmation_and_auto_allows_read_only_tools(
 
 
 def test_a_refused_token_is_a_session_error_and_the_tools_are_left_out(
-    client: anthropic.Anthropic, mcp_server: McpServerThread, model: FakeModelServer, fake_loop: LoopThread
+    client: anthropic.Anthropic, mcp_server: McpServerThread, model: FakeModelServer, loop: LoopThread
 ) -> None:
-    fake_loop.run(lambda: model.reply("I cannot reach the notes."))
+    loop.run(lambda: model.reply("I cannot reach the notes."))
     vault_id = vault_with_token(client, mcp_server.url, "wrong-token")
 
     _, events = start(client, agent_with(client, mcp_server.url), "add", vault_ids=[vault_id])
@@ -296,9 +276,9 @@ def test_a_refused_token_is_a_session_error_and_the_tools_are_left_out(
 
 
 def test_an_unreachable_server_is_a_connection_error(
-    client: anthropic.Anthropic, model: FakeModelServer, fake_loop: LoopThread, tmp_path: Path
+    client: anthropic.Anthropic, model: FakeModelServer, loop: LoopThread, tmp_path: Path
 ) -> None:
-    fake_loop.run(lambda: model.reply("No notes today."))
+    loop.run(lambda: model.reply("No notes today."))
     _, events = start(client, agent_with(client, "http://127.0.0.1:9/mcp"), "add")
 
     error = next(e for e in events if e.type == "session.error")
@@ -344,7 +324,7 @@ def test_an_oauth_token_is_refreshed_and_the_rotated_tokens_sealed_back(
     server: ServerThread,
     mcp_server: McpServerThread,
     model: FakeModelServer,
-    fake_loop: LoopThread,
+    loop: LoopThread,
 ) -> None:
     old = mcp_server.token
     mcp_server.rotate()  # the server no longer takes `old`
@@ -353,8 +333,8 @@ def test_an_oauth_token_is_refreshed_and_the_rotated_tokens_sealed_back(
     soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
     expires_at = soon if how == "expired" else None
     vault_id, credential_id = oauth_vault(client, mcp_server, old, expires_at)
-    fake_loop.run(lambda: model.reply("Adding.", tool_use={"name": "mcp__notes__add", "input": {"a": 4, "b": 4}}))
-    fake_loop.run(lambda: model.reply("8."))
+    loop.run(lambda: model.reply("Adding.", tool_use={"name": "mcp__notes__add", "input": {"a": 4, "b": 4}}))
+    loop.run(lambda: model.reply("8."))
 
     _, events = start(client, agent_with(client, mcp_server.url), "add", vault_ids=[vault_id])
 
@@ -368,8 +348,8 @@ def test_an_oauth_token_is_refreshed_and_the_rotated_tokens_sealed_back(
     # session uses them without another refresh.
     credential = client.beta.vaults.credentials.retrieve(credential_id, vault_id=vault_id)
     assert credential.auth.expires_at is not None  # type: ignore[union-attr]
-    fake_loop.run(lambda: model.reply("Again.", tool_use={"name": "mcp__notes__add", "input": {"a": 1, "b": 2}}))
-    fake_loop.run(lambda: model.reply("3."))
+    loop.run(lambda: model.reply("Again.", tool_use={"name": "mcp__notes__add", "input": {"a": 1, "b": 2}}))
+    loop.run(lambda: model.reply("3."))
     _, again = start(client, agent_with(client, mcp_server.url), "add", vault_ids=[vault_id])
     assert next(e for e in again if e.type == "agent.mcp_tool_result").content[0].text == "3"
     assert len(mcp_server.token_requests) == 1

@@ -15,29 +15,28 @@ import pytest
 
 from core.fakes.model_server import FakeModelServer
 from tests.scan import database_bytes, leaks
-from tests.servers import LoopThread, ServerThread, database_url, make_settings
+from tests.servers import TERMINAL, LoopThread, ServerThread, converse, database_url, make_settings
 
-TERMINAL = ("session.status_idle", "session.status_terminated")
 KEY_NAMES = {"e2b": "E2B_API_KEY", "daytona": "DAYTONA_API_KEY"}
 
 
 @pytest.fixture(scope="module")
-def fake_loop() -> Iterator[LoopThread]:
+def loop() -> Iterator[LoopThread]:
     loop = LoopThread()
     yield loop
     loop.stop()
 
 
 @pytest.fixture(scope="module")
-def model(fake_loop: LoopThread) -> Iterator[FakeModelServer]:
+def model(loop: LoopThread) -> Iterator[FakeModelServer]:
     server = FakeModelServer()
-    fake_loop.call(server.start)
+    loop.call(server.start)
     yield server
-    fake_loop.call(server.stop)
+    loop.call(server.stop)
 
 
 @pytest.fixture(scope="module", params=["e2b", "daytona"])
-def service(request: pytest.FixtureRequest, fake_loop: LoopThread) -> Iterator[tuple[str, Any]]:
+def service(request: pytest.FixtureRequest, loop: LoopThread) -> Iterator[tuple[str, Any]]:
     runtime = str(request.param)
     if runtime == "e2b":
         from core.fakes.e2b_api import FakeE2B
@@ -47,9 +46,9 @@ def service(request: pytest.FixtureRequest, fake_loop: LoopThread) -> Iterator[t
         from core.fakes.daytona_api import FakeDaytona
 
         fake = FakeDaytona(api_key="dtn_" + secrets.token_hex(20))
-    fake_loop.call(fake.start)
+    loop.call(fake.start)
     yield runtime, fake
-    fake_loop.call(fake.stop)
+    loop.call(fake.stop)
 
 
 @pytest.fixture(scope="module")
@@ -79,34 +78,18 @@ def server(
         srv.stop()
 
 
-@pytest.fixture
-def client(server: ServerThread, model: FakeModelServer, fake_loop: LoopThread) -> Iterator[anthropic.Anthropic]:
-    from core.keys import create_key, create_tenant
-
-    async def mint() -> str:
-        tenant_id = await create_tenant(server.platform.db, "hosted-" + secrets.token_hex(3))
-        return (await create_key(server.platform.db, "t", tenant_id)).key
-
-    fake_loop.run(lambda: model._queue.clear())
-    with anthropic.Anthropic(base_url=server.url, api_key=server.call(mint), max_retries=0, timeout=30) as c:
-        yield c
+@pytest.fixture(autouse=True)
+def fresh_model(model: FakeModelServer, loop: LoopThread) -> None:
+    """Each test scripts the model from an empty queue (the server and its `client` are conftest's)."""
+    loop.run(lambda: model._queue.clear())
 
 
 def run(client: anthropic.Anthropic, env_id: str, text: str, **session: Any) -> tuple[str, list[Any]]:
-    agent = client.beta.agents.create(
-        name="hosted", model="claude-sonnet-5", tools=[{"type": "agent_toolset_20260401"}]
-    )
+    tools: Any = [{"type": "agent_toolset_20260401"}]
+    agent = client.beta.agents.create(name="hosted", model="claude-sonnet-5", tools=tools)
     session_id = client.beta.sessions.create(agent=agent.id, environment_id=env_id, **session).id
-    seen: list[Any] = []
-    with client.beta.sessions.events.stream(session_id) as stream:
-        client.beta.sessions.events.send(
-            session_id, events=[{"type": "user.message", "content": [{"type": "text", "text": text}]}]
-        )
-        for event in stream:
-            seen.append(event)
-            if event.type in TERMINAL:
-                break
-    return session_id, seen
+    message = {"type": "user.message", "content": [{"type": "text", "text": text}]}
+    return session_id, converse(client, session_id, [message])
 
 
 def test_a_session_runs_its_tools_in_the_hosted_sandbox_with_the_vault_key(
@@ -114,7 +97,7 @@ def test_a_session_runs_its_tools_in_the_hosted_sandbox_with_the_vault_key(
     server: ServerThread,
     service: tuple[str, Any],
     model: FakeModelServer,
-    fake_loop: LoopThread,
+    loop: LoopThread,
     tmp_path: Path,
 ) -> None:
     runtime, fake = service
@@ -134,10 +117,10 @@ def test_a_session_runs_its_tools_in_the_hosted_sandbox_with_the_vault_key(
         },
     )
     marker = secrets.token_hex(6)
-    fake_loop.run(
+    loop.run(
         lambda: model.reply("Looking.", tool_use={"name": "bash", "input": {"command": f"echo {marker} > f.txt; pwd"}})
     )
-    fake_loop.run(lambda: model.reply("Done."))
+    loop.run(lambda: model.reply("Done."))
 
     session_id, events = run(client, env.id, "work", vault_ids=[vault.id])
 
@@ -159,12 +142,12 @@ def test_a_session_runs_its_tools_in_the_hosted_sandbox_with_the_vault_key(
 
 
 def test_without_a_key_the_tool_fails_clearly(
-    client: anthropic.Anthropic, service: tuple[str, Any], model: FakeModelServer, fake_loop: LoopThread
+    client: anthropic.Anthropic, service: tuple[str, Any], model: FakeModelServer, loop: LoopThread
 ) -> None:
     runtime, _ = service
     env = client.beta.environments.create(name=f"{runtime}-nokey", metadata={"oma.runtime": runtime})
-    fake_loop.run(lambda: model.reply("Trying.", tool_use={"name": "bash", "input": {"command": "true"}}))
-    fake_loop.run(lambda: model.reply("It failed."))
+    loop.run(lambda: model.reply("Trying.", tool_use={"name": "bash", "input": {"command": "true"}}))
+    loop.run(lambda: model.reply("It failed."))
 
     _, events = run(client, env.id, "work")
 
@@ -226,4 +209,7 @@ async def test_a_machine_deleted_behind_our_back_is_recreated(
         assert sb.workspace != first  # another machine, another home
     finally:
         await sb.destroy()
-    assert not [b for b in fake.sandboxes.values() if getattr(b, "state", "") in ("running", "started")]
+    # Neither machine of this session is left running (other tests' sessions may still have theirs).
+    machines = [*fake.sandboxes.values(), *getattr(fake, "killed", {}).values()]  # e2b moves killed ones aside
+    mine = [b for b in machines if sb.session_id in str(getattr(b, "metadata", None) or b.labels)]
+    assert len(mine) == 2 and not [b for b in mine if b.state in ("running", "started")]
