@@ -17,6 +17,8 @@ or `mcp_authentication_failed_error`, with `mcp_server_name`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -64,8 +66,6 @@ def model_name(server: str, tool: str) -> str:
     model APIs accept (`^[a-zA-Z0-9_-]{1,64}$`)."""
     name = f"{MODEL_PREFIX}{_UNSAFE.sub('_', server)}__{_UNSAFE.sub('_', tool)}"
     if len(name) > 64:
-        import hashlib
-
         digest = hashlib.sha256(f"{server}\0{tool}".encode()).hexdigest()[:8]
         name = f"{name[:55]}_{digest}"
     return name
@@ -144,7 +144,7 @@ class McpServers:
         url = server["url"]
         token = await self.tokens.token(url)
         try:
-            async with self._client(name, url, token) as client:
+            async with connect(name, url, token) as client:
                 return await work(client)
         except McpFailure as failure:
             if failure.kind != "authentication" or not token:
@@ -152,7 +152,7 @@ class McpServers:
             fresh = await self.tokens.refreshed(url, token)
             if not fresh:
                 raise
-        async with self._client(name, url, fresh) as client:
+        async with connect(name, url, fresh) as client:
             return await work(client)
 
     async def _list(self, name: str, server: dict[str, Any]) -> list[McpTool]:
@@ -200,17 +200,8 @@ class McpServers:
             return ToolOutcome.text(f"{tool}: the MCP server failed: {_describe(e)}", is_error=True)
         content = [_block(item) for item in result.content]
         if not content and result.structured_content is not None:
-            import json
-
             content = [{"type": "text", "text": json.dumps(result.structured_content)}]
         return ToolOutcome(content or [{"type": "text", "text": "(no output)"}], bool(result.is_error))
-
-    @contextlib.asynccontextmanager
-    async def _client(
-        self, name: str, url: str, token: str | None, responses: list[Any] | None = None
-    ) -> AsyncIterator[Any]:
-        async with connect(name, url, token, responses) as client:
-            yield client
 
 
 @contextlib.asynccontextmanager
